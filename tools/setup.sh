@@ -45,21 +45,33 @@ if [ "$(cat "$STAMP_FILE" 2>/dev/null)" != "$REQ_STAMP" ]; then
   say "installing build tools (requirements/build.txt)"
   $PIP install -q -r "$REPO/requirements/build.txt"
 fi
-if $PYBIN -c "import torch, torchvision" 2>/dev/null; then
-  say "torch already installed: $($PYBIN -c 'import torch; print(torch.__version__, "cuda", torch.version.cuda)') (kept)"
+# One interpreter start answers every "already installed?" question (torch imports are slow).
+probe() { $PYBIN - <<PYEOF 2>/dev/null || true
+try:
+    import torch, torchvision
+    print("torch", torch.__version__.replace("+", "_"), torch.__version__, torch.version.cuda)
+except Exception:
+    pass
+try:
+    import mmcv, mmcv.ops
+    print("mmcv", mmcv.__version__)
+except Exception:
+    pass
+PYEOF
+}
+PROBE=$(probe)
+if grep -q '^torch ' <<<"$PROBE"; then
+  say "torch already installed: $(awk '/^torch /{print $3, "cuda", $4}' <<<"$PROBE") (kept)"
 else
   say "installing torch/torchvision (requirements/torch.txt; ~1 min, 5.5 GB)"
   $PIP install -q -r "$REPO/requirements/torch.txt"
+  PROBE=$(probe)
 fi
-TORCH_TAG=$($PYBIN -c 'import torch; print(torch.__version__.replace("+", "_"))')
+TORCH_TAG=$(awk '/^torch /{print $2}' <<<"$PROBE")
+[ -n "$TORCH_TAG" ] || die "torch does not import in $VENV after installing it"
 
 # --- 3. mmcv with compiled ops, built against this torch ------------------------------
-mmcv_ok() { $PYBIN - <<PYEOF 2>/dev/null
-import mmcv, mmcv.ops, torch
-assert mmcv.__version__ == "$MMCV_VERSION", mmcv.__version__
-PYEOF
-}
-if mmcv_ok; then
+if grep -qx "mmcv $MMCV_VERSION" <<<"$PROBE"; then
   say "mmcv $MMCV_VERSION with ops already installed"
 else
   if [ "${FORCE_CUDA:-0}" = "1" ]; then OPS=cuda; else OPS=cpu; fi
