@@ -1,0 +1,14 @@
+"""Runtime glue between MSVMamba-MM and the OpenMMLab stack.
+
+Importing this package (the tools do; configs do with
+``custom_imports = dict(imports=['projects.msvmamba_mm'], allow_failed_imports=False)``)
+applies the fixes of :mod:`.runtime` (mmengine checkpoints under torch >= 2.6) and
+registers :class:`.distributed.CPUCapableDDP` in mmengine's ``MODEL_WRAPPERS``.
+"""
+from .runtime import apply_stack_fixes
+
+apply_stack_fixes()
+
+from .distributed import CPUCapableDDP  # noqa: E402  (registers the model wrapper)
+
+__all__ = ['CPUCapableDDP', 'apply_stack_fixes']

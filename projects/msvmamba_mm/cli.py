@@ -1,0 +1,231 @@
+"""Shared implementation of ``tools/train.py`` and ``tools/test.py``.
+
+One pair of tools serves mmpretrain, mmdet and mmseg configs: the config's
+``default_scope`` picks the package (see :mod:`.scopes`), mmengine's ``Runner`` does the
+rest. Mistakes in what the user asked for end in a one-line ``error: ...`` on stderr and
+exit status 2, not a traceback.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+from typing import List, Optional
+
+from mmengine.config import Config, ConfigDict, DictAction
+
+from . import distributed
+from .errors import UserError
+from .scopes import Scope, scope_of
+
+
+# --------------------------------------------------------------------------------------
+# arguments
+# --------------------------------------------------------------------------------------
+def _common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--work-dir', help='folder for logs and checkpoints '
+                        '(default: the config\'s work_dir, else ./work_dirs/<config name>)')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
+        help='override config settings, e.g. train_cfg.max_iters=10 '
+        "'optim_wrapper.optimizer.lr=0.01' (lists: key=[a,b] or key=a,b)")
+    parser.add_argument('--launcher', choices=distributed.LAUNCHERS, default='none',
+                        help='how the processes were started (none: single process)')
+    # torch.distributed.launch passes --local-rank/--local_rank to every process
+    parser.add_argument('--local-rank', '--local_rank', type=int, default=0,
+                        help=argparse.SUPPRESS)
+
+
+def train_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='tools/train.py',
+        description='Train a model from an mmpretrain, mmdet or mmseg config.')
+    parser.add_argument('config', help='config file')
+    _common_arguments(parser)
+    parser.add_argument(
+        '--resume', nargs='?', const='auto', metavar='CKPT',
+        help='resume from CKPT, or without CKPT from the latest checkpoint in the work dir')
+    parser.add_argument('--amp', action='store_true',
+                        help='automatic mixed precision (AmpOptimWrapper; needs a GPU)')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help='scale the learning rate by total batch size / '
+                        'auto_scale_lr.base_batch_size of the config')
+    return parser
+
+
+def test_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='tools/test.py',
+        description='Evaluate a checkpoint with an mmpretrain, mmdet or mmseg config.')
+    parser.add_argument('config', help='config file')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    _common_arguments(parser)
+    parser.add_argument('--out', metavar='FILE.pkl',
+                        help='also dump the predictions to this pickle file')
+    parser.add_argument('--show-dir', metavar='DIR',
+                        help='save every test image with its predictions drawn to DIR')
+    parser.add_argument('--tta', action='store_true',
+                        help="test-time augmentation with the config's tta_model and "
+                        'tta_pipeline')
+    return parser
+
+
+# --------------------------------------------------------------------------------------
+# config preparation (pure functions of cfg + args, testable without running)
+# --------------------------------------------------------------------------------------
+def _is_local(path: str) -> bool:
+    return '://' not in path
+
+
+def load_config(path: str, cfg_options: Optional[dict]) -> Config:
+    if not osp.isfile(path):
+        raise UserError(f'config file not found: {path}')
+    try:
+        cfg = Config.fromfile(path)
+    except FileNotFoundError as e:  # e.g. a missing _base_ file, as mmengine words it
+        raise UserError(f'cannot load config {path}: {e}') from e
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    return cfg
+
+
+def _set_work_dir(cfg: Config, args: argparse.Namespace) -> None:
+    if args.work_dir:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+
+
+def _set_resume(cfg: Config, resume: Optional[str]) -> None:
+    if resume is None:
+        return
+    cfg.resume = True
+    if resume == 'auto':  # the Runner finds the latest checkpoint of the work dir
+        cfg.load_from = None
+        return
+    if _is_local(resume) and not osp.isfile(resume):
+        raise UserError(f'--resume: checkpoint not found: {resume}')
+    cfg.load_from = resume
+
+
+def _set_amp(cfg: Config) -> None:
+    if not distributed.has_accelerator():
+        raise UserError('--amp needs a GPU (or NPU/MLU/MUSA device); none is available, '
+                        'train without --amp')
+    optim_wrapper = cfg.optim_wrapper
+    if optim_wrapper.get('type', 'OptimWrapper') != 'AmpOptimWrapper':
+        optim_wrapper.type = 'AmpOptimWrapper'
+        optim_wrapper.setdefault('loss_scale', 'dynamic')
+
+
+def _set_auto_scale_lr(cfg: Config) -> None:
+    auto_scale_lr = cfg.get('auto_scale_lr')
+    if not auto_scale_lr or 'base_batch_size' not in auto_scale_lr:
+        raise UserError('--auto-scale-lr needs auto_scale_lr = dict(base_batch_size=N) in '
+                        'the config (N: the total batch size its learning rate is for)')
+    auto_scale_lr.enable = True
+
+
+def prepare_train_config(cfg: Config, args: argparse.Namespace) -> Config:
+    _set_work_dir(cfg, args)
+    _set_resume(cfg, args.resume)
+    if args.amp:
+        _set_amp(cfg)
+    if args.auto_scale_lr:
+        _set_auto_scale_lr(cfg)
+    return cfg
+
+
+def _innermost_dataset(dataset_cfg: dict) -> dict:
+    """The dataset inside wrappers (RepeatDataset, ClassBalancedDataset, ...)."""
+    while 'dataset' in dataset_cfg:
+        dataset_cfg = dataset_cfg['dataset']
+    return dataset_cfg
+
+
+def _set_tta(cfg: Config) -> None:
+    missing = [k for k in ('tta_model', 'tta_pipeline') if k not in cfg]
+    if missing:
+        raise UserError(f'--tta needs {" and ".join(missing)} in the config')
+    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
+    _innermost_dataset(cfg.test_dataloader.dataset).pipeline = cfg.tta_pipeline
+
+
+def prepare_test_config(cfg: Config, args: argparse.Namespace, scope: Scope) -> Config:
+    if _is_local(args.checkpoint) and not osp.isfile(args.checkpoint):
+        raise UserError(f'checkpoint not found: {args.checkpoint}')
+    if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
+        raise UserError(f'--out must name a .pkl or .pickle file, got {args.out}')
+    if args.show_dir and args.tta and not scope.show_dir_with_tta:
+        raise UserError(f'--show-dir cannot be combined with --tta for {scope.name} configs '
+                        '(its visualization hook cannot draw test-time augmented batches)')
+    _set_work_dir(cfg, args)
+    cfg.load_from = args.checkpoint
+    if args.show_dir:  # absolute: mmdet's hook would put a relative one under work_dir
+        scope.enable_show_dir(cfg, osp.abspath(args.show_dir))
+    if args.tta:
+        _set_tta(cfg)
+    return cfg
+
+
+# --------------------------------------------------------------------------------------
+# running
+# --------------------------------------------------------------------------------------
+def build_runner(cfg: Config):
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
+
+
+def _load(args: argparse.Namespace):
+    """(cfg, scope) of ``args.config``, checked before anything heavy is imported."""
+    if args.launcher != 'none':
+        os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    cfg = load_config(args.config, args.cfg_options)
+    return cfg, scope_of(cfg, args.config)
+
+
+def _start(cfg: Config, scope: Scope, launcher: str):
+    """Register the package's modules, prepare the launcher and build the Runner."""
+    scope.register_modules()
+    distributed.setup_launcher(cfg, launcher)
+    return build_runner(cfg)
+
+
+def _run(main, argv: Optional[List[str]]) -> int:
+    try:
+        main(argv)
+    except UserError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    finally:
+        distributed.shutdown()
+    return 0
+
+
+def _train(argv: Optional[List[str]]) -> None:
+    args = train_parser().parse_args(argv)
+    cfg, scope = _load(args)
+    prepare_train_config(cfg, args)
+    _start(cfg, scope, args.launcher).train()
+
+
+def _test(argv: Optional[List[str]]) -> None:
+    args = test_parser().parse_args(argv)
+    cfg, scope = _load(args)
+    prepare_test_config(cfg, args, scope)
+    runner = _start(cfg, scope, args.launcher)
+    if args.out:
+        runner.test_evaluator.metrics.append(scope.build_dump_metric(args.out))
+    runner.test()
+
+
+def train_main(argv: Optional[List[str]] = None) -> int:
+    """``tools/train.py``: returns the exit status."""
+    return _run(_train, argv)
+
+
+def test_main(argv: Optional[List[str]] = None) -> int:
+    """``tools/test.py``: returns the exit status."""
+    return _run(_test, argv)

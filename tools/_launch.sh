@@ -1,0 +1,50 @@
+# Sourced by tools/dist_{train,test}.sh and tools/slurm_{train,test}.sh (OpenMMLab-style
+# launchers): picks the interpreter, puts this checkout on PYTHONPATH and starts the tool.
+#   PYTHON  interpreter. Default: `python` when a virtualenv/conda env is active, else
+#           this checkout's .venv/bin/python when it exists, else python3.
+TOOLS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_DIR=$(dirname "$TOOLS_DIR")
+if [ -z "${PYTHON:-}" ]; then
+  if [ -n "${VIRTUAL_ENV:-}" ] || [ -n "${CONDA_PREFIX:-}" ]; then
+    PYTHON=python
+  elif [ -x "$REPO_DIR/.venv/bin/python" ]; then
+    PYTHON="$REPO_DIR/.venv/bin/python"
+  else
+    PYTHON=$(command -v python3 || command -v python)
+  fi
+fi
+export PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}"
+
+# need_args COUNT USAGE "$@": exit 2 with USAGE unless at least COUNT arguments
+need_args() {
+  local count=$1 usage=$2
+  shift 2
+  if [ $# -lt "$count" ]; then
+    echo "usage: $0 $usage" >&2
+    exit 2
+  fi
+}
+
+# torchrun_tool NPROC TOOL ARGS...: NPROC processes of tools/TOOL on this node.
+# Environment: NNODES (1), NODE_RANK (0), MASTER_ADDR (127.0.0.1), PORT (29500).
+torchrun_tool() {
+  local nproc=$1 tool=$2
+  shift 2
+  exec "$PYTHON" -m torch.distributed.run \
+    --nnodes="${NNODES:-1}" --node_rank="${NODE_RANK:-0}" \
+    --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="${PORT:-29500}" \
+    --nproc_per_node="$nproc" "$TOOLS_DIR/$tool" "$@" --launcher pytorch
+}
+
+# srun_tool PARTITION JOB_NAME TOOL ARGS...: tools/TOOL as a Slurm job, one task per GPU.
+# Environment: GPUS (8, tasks in all), GPUS_PER_NODE (8), CPUS_PER_TASK (5), SRUN_ARGS.
+srun_tool() {
+  local partition=$1 job_name=$2 tool=$3
+  shift 3
+  # shellcheck disable=SC2086  # SRUN_ARGS is a list of words
+  exec srun -p "$partition" --job-name="$job_name" \
+    --gres=gpu:"${GPUS_PER_NODE:-8}" --ntasks="${GPUS:-8}" \
+    --ntasks-per-node="${GPUS_PER_NODE:-8}" --cpus-per-task="${CPUS_PER_TASK:-5}" \
+    --kill-on-bad-exit=1 ${SRUN_ARGS:-} \
+    "$PYTHON" -u "$TOOLS_DIR/$tool" "$@" --launcher=slurm
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Training on a Slurm cluster, one task per GPU.
+#   tools/slurm_train.sh PARTITION JOB_NAME CONFIG WORK_DIR [train.py args...]
+# Environment: GPUS (8, tasks in all), GPUS_PER_NODE (8), CPUS_PER_TASK (5),
+#   SRUN_ARGS (more srun arguments), PYTHON.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/_launch.sh"
+need_args 4 "PARTITION JOB_NAME CONFIG WORK_DIR [train.py args...]" "$@"
+PARTITION=$1
+JOB_NAME=$2
+CONFIG=$3
+WORK_DIR=$4
+shift 4
+srun_tool "$PARTITION" "$JOB_NAME" train.py "$CONFIG" --work-dir="$WORK_DIR" "$@"
