@@ -1,0 +1,144 @@
+"""The CUDA selective-scan extension and the GPU check tool.
+
+* gpu_check --dry-run works on the CPU (CI) and imports no OpenMMLab package;
+* the built extension (tools/setup.sh builds it where nvcc exists) imports, exposes fwd/bwd,
+  and holds cubins for every arch of the arch list (sm_80, sm_86, sm_89, sm_90 by default;
+  `cuobjdump --list-elf`, from the nvidia-cuda-cuobjdump wheel or the CUDA toolkit);
+* with a GPU, fwd/bwd match the float64 reference (skipped without one).
+The kernels' logic is tested without a GPU in test_cuda_emulated.py.
+"""
+import glob
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from msvmamba_ops import build
+
+REPO = Path(__file__).resolve().parents[2]
+GPU_CHECK = REPO / 'tools' / 'analysis_tools' / 'gpu_check.py'
+
+
+def load_gpu_check():
+    spec = importlib.util.spec_from_file_location('gpu_check', GPU_CHECK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+gc = load_gpu_check()
+
+
+def test_gpu_check_dry_run(tmp_path):
+    out = tmp_path / 'bench.md'
+    code = ('import runpy, sys; sys.argv = [sys.argv[0], "--dry-run", "--out", sys.argv[1]]\n'
+            f'try:\n    runpy.run_path({str(GPU_CHECK)!r}, run_name="__main__")\n'
+            'except SystemExit as e:\n    rc = e.code\n'
+            'mm = sorted(m for m in sys.modules if m.split(".")[0] in '
+            '("mmengine", "mmcv", "mmdet", "mmseg", "mmpretrain"))\n'
+            'print("MM_MODULES", mm); sys.exit(rc)\n')
+    proc = subprocess.run([sys.executable, '-c', code, str(out)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert 'MM_MODULES []' in proc.stdout
+    text = out.read_text()
+    for heading in ('# Selective-scan GPU check', '## Correctness against the float64 reference',
+                    '## Scan kernels at MSVMamba-Tiny shapes', '## MSVMamba-Tiny backbone'):
+        assert heading in text
+    rows = [ln for ln in text.splitlines() if ln.startswith('| n')]
+    assert rows and all(ln.rstrip().endswith('| yes |') for ln in rows), text
+
+
+def test_gpu_check_help():
+    proc = subprocess.run([sys.executable, str(GPU_CHECK), '--help'], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and '--dry-run' in proc.stdout
+
+
+def _built_module():
+    if build.buildable('cuda') is not None:
+        pytest.skip(f'CUDA extension not buildable here: {build.buildable("cuda")}')
+    if not build.is_built('cuda'):
+        pytest.skip('CUDA extension not built (run `bash tools/setup.sh` on a machine with nvcc)')
+    return build.build_dir('cuda') / f'{build.EXTENSIONS["cuda"].module}.so'
+
+
+def test_built_extension_imports():
+    _built_module()
+    ops = build.load_extension('cuda', build=False)  # torch.ops.msvmamba_cuda
+    for name in ('fwd', 'bwd', 'config'):
+        assert hasattr(ops, name), name
+    assert ops.config(128, 192, 3136, 1, 1, 132, True)[:2] == [32, 8]
+    from msvmamba_ops import cuda_scan
+    assert cuda_scan.is_available() == torch.cuda.is_available()
+
+
+def find_cuobjdump():
+    """cuobjdump from PATH, the nvidia-cuda-cuobjdump wheel or the CUDA toolkit, or None."""
+    found = shutil.which('cuobjdump')
+    if found:
+        return found
+    for entry in sys.path:
+        hits = sorted(glob.glob(os.path.join(entry, 'nvidia', 'cu*', 'bin', 'cuobjdump')))
+        if hits:
+            return hits[-1]
+    nvcc = build.find_nvcc()
+    if nvcc:
+        path = Path(build.cuda_toolkit_root(nvcc)) / 'bin' / 'cuobjdump'
+        if path.exists():
+            return str(path)
+    return None
+
+
+def test_built_extension_has_every_arch():
+    library = _built_module()
+    tool = find_cuobjdump()
+    if tool is None:
+        pytest.skip('cuobjdump not found (pip install nvidia-cuda-cuobjdump)')
+    listing = subprocess.run([tool, '--list-elf', str(library)], capture_output=True, text=True,
+                             timeout=120, check=True).stdout
+    found = set(re.findall(r'\.(sm_\d+a?)\.cubin', listing))
+    wanted = {'sm_' + a.split('+')[0].replace('.', '')
+              for a in build.cuda_arch_list().replace(' ', ';').split(';') if a}
+    assert wanted <= found, f'cubins {sorted(found)}; expected {sorted(wanted)}\n{listing}'
+    if not os.environ.get('TORCH_CUDA_ARCH_LIST'):
+        assert {'sm_80', 'sm_86', 'sm_89', 'sm_90'} <= found
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+@pytest.mark.parametrize('name', sorted({c.name for c in gc.GPU_CASES}))
+def test_cuda_matches_reference_on_gpu(name):
+    """The first dtype of each GPU case of gpu_check, the detection-scale L included."""
+    _built_module()
+    from msvmamba_ops import cuda_scan
+    case = next(c for c in gc.GPU_CASES if c.name == name)
+    data = gc.make_inputs(case, device='cuda', seed=1)
+    errs = gc.check_backend(cuda_scan, case, data, gc.reference(case, data))
+    assert gc.passes(case, errs), errs
+
+
+def test_build_skips_cleanly_without_nvcc(monkeypatch, capsys):
+    monkeypatch.setattr(build, 'find_nvcc', lambda: None)
+    assert build.main(['cuda']) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == ['[msvmamba_ops.build] cuda: skipped (nvcc not found (set CUDA_HOME or put nvcc '
+                   'on PATH))']
+
+
+@pytest.mark.skipif(build.find_nvcc() is None, reason='no nvcc here')
+def test_cuda_home_found_behind_a_wrapper_script(tmp_path):
+    """CUDA_HOME for the build is the toolkit whose lib64 holds libcudart.so, also when the
+    nvcc on PATH is a wrapper script elsewhere (as /usr/local/bin/nvcc on the CI machines)."""
+    real = build.cuda_toolkit_root(build.find_nvcc())
+    assert build._has_cudart(Path(real)), real
+    wrapper = tmp_path / 'bin' / 'nvcc'
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nexec {Path(real) / "bin" / "nvcc"} "$@"\n')
+    wrapper.chmod(0o755)
+    assert build.cuda_toolkit_root(str(wrapper)) == real
