@@ -30,6 +30,10 @@ need_args() {
 torchrun_tool() {
   local nproc=$1 tool=$2
   shift 2
+  if ! [[ "$nproc" =~ ^[1-9][0-9]*$ ]]; then
+    echo "error: GPUS must be a number of processes (1, 2, ...), got '$nproc'" >&2
+    exit 2
+  fi
   exec "$PYTHON" -m torch.distributed.run \
     --nnodes="${NNODES:-1}" --node_rank="${NODE_RANK:-0}" \
     --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="${PORT:-29500}" \

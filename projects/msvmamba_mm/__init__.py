@@ -3,12 +3,14 @@
 Importing this package (the tools do; configs do with
 ``custom_imports = dict(imports=['projects.msvmamba_mm'], allow_failed_imports=False)``)
 applies the fixes of :mod:`.runtime` (mmengine checkpoints under torch >= 2.6) and
-registers :class:`.distributed.CPUCapableDDP` in mmengine's ``MODEL_WRAPPERS``.
+registers :class:`.distributed.CPUCapableDDP` in mmengine's ``MODEL_WRAPPERS`` and
+:class:`.hooks.SaveInitCheckpointHook` in its ``HOOKS``.
 """
 from .runtime import apply_stack_fixes
 
 apply_stack_fixes()
 
 from .distributed import CPUCapableDDP  # noqa: E402  (registers the model wrapper)
+from .hooks import SaveInitCheckpointHook  # noqa: E402  (registers the hook)
 
-__all__ = ['CPUCapableDDP', 'apply_stack_fixes']
+__all__ = ['CPUCapableDDP', 'SaveInitCheckpointHook', 'apply_stack_fixes']

@@ -14,6 +14,7 @@ from typing import List, Optional
 from mmengine.config import Config, ConfigDict, DictAction
 
 from . import distributed
+from .datasets import check_dataset_paths, check_pretrained
 from .errors import UserError
 from .scopes import Scope, scope_of
 
@@ -84,7 +85,10 @@ def load_config(path: str, cfg_options: Optional[dict]) -> Config:
     except FileNotFoundError as e:  # e.g. a missing _base_ file, as mmengine words it
         raise UserError(f'cannot load config {path}: {e}') from e
     if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+        try:
+            cfg.merge_from_dict(cfg_options)
+        except (TypeError, KeyError) as e:  # e.g. a dict option where the base has None
+            raise UserError(f'--cfg-options: {e}') from e
     return cfg
 
 
@@ -125,6 +129,18 @@ def _set_auto_scale_lr(cfg: Config) -> None:
     auto_scale_lr.enable = True
 
 
+def _check_train_files(cfg: Config) -> None:
+    """The datasets, the backbone's pretrained weights and ``load_from`` exist."""
+    loaders = ['train_dataloader']
+    if cfg.get('val_cfg') and cfg.get('val_dataloader'):
+        loaders.append('val_dataloader')
+    check_dataset_paths(cfg, loaders)
+    check_pretrained(cfg)
+    load_from = cfg.get('load_from')
+    if load_from and _is_local(load_from) and not osp.isfile(load_from):
+        raise UserError(f'checkpoint not found: {load_from} (load_from in the config)')
+
+
 def prepare_train_config(cfg: Config, args: argparse.Namespace) -> Config:
     _set_work_dir(cfg, args)
     _set_resume(cfg, args.resume)
@@ -132,6 +148,7 @@ def prepare_train_config(cfg: Config, args: argparse.Namespace) -> Config:
         _set_amp(cfg)
     if args.auto_scale_lr:
         _set_auto_scale_lr(cfg)
+    _check_train_files(cfg)
     return cfg
 
 
@@ -158,6 +175,7 @@ def prepare_test_config(cfg: Config, args: argparse.Namespace, scope: Scope) -> 
     if args.show_dir and args.tta and not scope.show_dir_with_tta:
         raise UserError(f'--show-dir cannot be combined with --tta for {scope.name} configs '
                         '(its visualization hook cannot draw test-time augmented batches)')
+    check_dataset_paths(cfg, ['test_dataloader'])
     _set_work_dir(cfg, args)
     cfg.load_from = args.checkpoint
     if args.show_dir:  # absolute: mmdet's hook would put a relative one under work_dir

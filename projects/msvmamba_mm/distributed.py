@@ -112,6 +112,29 @@ def has_accelerator() -> bool:
     return get_device() != 'cpu'
 
 
+def cpu_run_message(world_size: int, local_size: int, cores: Optional[int]) -> str:
+    """What a distributed run without an accelerator tells the user (rank 0)."""
+    text = (f'no GPU found: the {world_size} processes run on the CPU and synchronise over '
+            'gloo (the GPUS argument of dist_train.sh / dist_test.sh is the number of '
+            'processes per machine)')
+    if cores and local_size > cores:
+        text += (f'. WARNING: {local_size} processes on this machine but only {cores} CPU '
+                 f'cores: it works, but the processes share the cores (slow); use at most '
+                 f'{cores} and OMP_NUM_THREADS=1')
+    return text
+
+
+def _report_cpu_run(launcher: str) -> None:
+    env = os.environ
+    if int(env.get('RANK', '0')) != 0:
+        return
+    world = int(env.get('WORLD_SIZE', '1'))
+    local = int(env.get('LOCAL_WORLD_SIZE', world if launcher == 'pytorch' else 1))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else None
+    print_log(cpu_run_message(world, local, cores or os.cpu_count()), logger='current',
+              level=30 if cores and local > cores else 20)
+
+
 def setup_launcher(cfg, launcher: str) -> None:
     """Record ``launcher`` in ``cfg`` and, on a machine without an accelerator, make a
     distributed run work on gloo (process group, DDP wrapper, SyncBN -> BN)."""
@@ -131,6 +154,7 @@ def setup_launcher(cfg, launcher: str) -> None:
     dist_cfg['backend'] = 'gloo'
     if not torch_dist.is_initialized():
         init_cpu_process_group(launcher, dist_cfg.get('timeout'))
+    _report_cpu_run(launcher)
     wrapper = cfg.get('model_wrapper_cfg') or {}
     if wrapper.get('type', 'MMDistributedDataParallel') in (
             'MMDistributedDataParallel', MMDistributedDataParallel):

@@ -6,7 +6,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO / 'configs'
-EXCLUDED = ('_base_', 'examples')  # fragments and how-to examples, not experiments
+EXCLUDED = ('_base_', 'examples', 'quick_start')  # fragments, how-to examples, demo
 
 
 def metafile_models():

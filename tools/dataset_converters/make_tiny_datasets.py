@@ -25,7 +25,8 @@ Each dataset root also gets ``meta.json`` (classes, splits, image size, seed).
 CLI::
 
     python tools/dataset_converters/make_tiny_datasets.py {coco,ade20k,imagenet,all} \\
-        [--out-dir data] [--num-train 8] [--num-val 4] [--size 128 128] [--seed 0]
+        [--out-dir data] [--num-train 8] [--num-val 4] [--size 128 128] [--seed 0] \
+        [--radius 0.1 0.25] [--class-colors]   # the last two: coco only
 
 ``all`` writes ``<out-dir>/tiny_coco``, ``<out-dir>/tiny_ade20k`` and
 ``<out-dir>/tiny_imagenet``.
@@ -94,15 +95,23 @@ def _shape_color(rng: np.random.Generator, background: np.ndarray) -> np.ndarray
             return color
 
 
+# fixed colours per class for ``class_colors=True`` (easy to tell apart and from the
+# backgrounds, whose channels stay within 40-200 +- noise)
+CLASS_COLORS = ((230, 25, 25), (25, 230, 25), (25, 25, 230), (240, 240, 20), (240, 20, 240))
+
+
 def draw_scene(rng: np.random.Generator, height: int, width: int,
                kinds: Sequence[str], max_shapes: int = 3, min_shapes: int = 1,
-               min_radius: Optional[float] = None) -> Tuple[np.ndarray, List[dict]]:
+               min_radius: Optional[float] = None, max_radius: Optional[float] = None,
+               class_colors: bool = False) -> Tuple[np.ndarray, List[dict]]:
     """An RGB uint8 image with non-overlapping shapes, and one record per shape:
-    ``dict(label, polygon, mask, bbox=[x, y, w, h], area)`` (mask exact for the image)."""
+    ``dict(label, polygon, mask, bbox=[x, y, w, h], area)`` (mask exact for the image).
+    ``class_colors``: every shape of class i gets ``CLASS_COLORS[i]`` (an easier task)
+    instead of a random colour."""
     image = _background(rng, height, width)
     short = min(height, width)
     min_r = min_radius or max(6.0, short / 10)
-    max_r = max(min_r + 1, short / 4)
+    max_r = max(min_r + 1, max_radius or short / 4)
     target = int(rng.integers(min_shapes, max_shapes + 1))
     taken = np.zeros((height, width), bool)
     shapes: List[dict] = []
@@ -121,7 +130,8 @@ def draw_scene(rng: np.random.Generator, height: int, width: int,
         if mask.sum() < 16 or taken[y0:y1, x0:x1].any():
             continue
         taken[y0:y1, x0:x1] = True
-        image[mask.astype(bool)] = _shape_color(rng, image)
+        image[mask.astype(bool)] = (CLASS_COLORS[label % len(CLASS_COLORS)] if class_colors
+                                    else _shape_color(rng, image))
         ys, xs = np.nonzero(mask)
         shapes.append(dict(
             label=label, polygon=polygon, mask=mask,
@@ -150,8 +160,12 @@ def _write_meta(root: str, **meta) -> None:
 # --------------------------------------------------------------------------------------
 def make_coco(root: str, splits: Optional[Dict[str, int]] = None,
               size: Tuple[int, int] = (128, 128), seed: int = 0,
-              classes: Sequence[str] = SHAPE_KINDS[:3], max_shapes: int = 3) -> dict:
-    """COCO instance segmentation: returns ``dict(classes=..., ann_files={split: path})``."""
+              classes: Sequence[str] = SHAPE_KINDS[:3], max_shapes: int = 3,
+              radius: Optional[Tuple[float, float]] = None,
+              class_colors: bool = False) -> dict:
+    """COCO instance segmentation: returns ``dict(classes=..., ann_files={split: path})``.
+    ``radius``: (min, max) shape radius as fractions of the short image side (default
+    0.1, 0.25); ``class_colors``: one fixed colour per class (see :func:`draw_scene`)."""
     splits = splits or DEFAULT_SPLITS
     h, w = size
     categories = [dict(id=i + 1, name=n, supercategory='shape') for i, n in enumerate(classes)]
@@ -160,7 +174,10 @@ def make_coco(root: str, splits: Optional[Dict[str, int]] = None,
         rng = _rng(seed, 'coco', split)
         images, annotations = [], []
         for i in range(num):
-            image, shapes = draw_scene(rng, h, w, classes, max_shapes=max_shapes)
+            image, shapes = draw_scene(
+                rng, h, w, classes, max_shapes=max_shapes, class_colors=class_colors,
+                **({} if radius is None else dict(min_radius=radius[0] * min(h, w),
+                                                  max_radius=radius[1] * min(h, w))))
             file_name = f'{i:06d}.jpg'
             _save_jpg(image, osp.join(root, f'{split}2017', file_name))
             images.append(dict(id=i + 1, file_name=file_name, height=h, width=w))
@@ -175,7 +192,8 @@ def make_coco(root: str, splits: Optional[Dict[str, int]] = None,
                            images=images, annotations=annotations, categories=categories), f)
         ann_files[split] = ann_file
     _write_meta(root, format='coco', classes=list(classes), splits=splits, size=list(size),
-                seed=seed)
+                seed=seed, **({} if radius is None else dict(radius=list(radius))),
+                **(dict(class_colors=True) if class_colors else {}))
     return dict(classes=tuple(classes), ann_files=ann_files)
 
 
@@ -253,6 +271,12 @@ def main(argv=None) -> None:
     parser.add_argument('--size', type=int, nargs=2, metavar=('H', 'W'),
                         help='image size (default 128 128; 64 64 for imagenet)')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--radius', type=float, nargs=2, metavar=('MIN', 'MAX'),
+                        help='coco: shape radius range as fractions of the short image '
+                        'side (default 0.1 0.25)')
+    parser.add_argument('--class-colors', action='store_true',
+                        help='coco: one fixed colour per class instead of random colours '
+                        '(an easier task, for fast demos)')
     args = parser.parse_args(argv)
     splits = dict(train=args.num_train, val=args.num_val)
     for fmt in (list(MAKERS) if args.format == 'all' else [args.format]):
@@ -261,6 +285,9 @@ def main(argv=None) -> None:
         kwargs = dict(splits=splits, seed=args.seed)
         if args.size:
             kwargs['size'] = tuple(args.size)
+        if fmt == 'coco':
+            kwargs.update(radius=tuple(args.radius) if args.radius else None,
+                          class_colors=args.class_colors)
         info = maker(root, **kwargs)
         print(f'{fmt}: wrote {root} (classes: {", ".join(info["classes"])})')
 

@@ -1,0 +1,34 @@
+"""Shared plumbing of the smaller tools (``tools/misc/print_config.py``,
+``tools/analysis_tools/browse_dataset.py``, ``tools/infer.py``): a config loaded with its
+package set up, and the ``error: ...`` / exit status 2 convention of the main tools."""
+import argparse
+from typing import Callable, List, Optional, Tuple
+
+from mmengine.config import Config, DictAction
+
+from . import cli
+from .scopes import Scope, scope_of
+
+
+def load_scoped_config(path: str, cfg_options: Optional[dict] = None) -> Tuple[Config, Scope]:
+    """``(cfg, scope)`` of a config file, with the package of its ``default_scope``
+    imported, its modules registered and the scope made the default one."""
+    from mmengine.registry import init_default_scope
+    cfg = cli.load_config(path, cfg_options)
+    scope = scope_of(cfg, path)
+    scope.register_modules()
+    init_default_scope(scope.name)
+    return cfg, scope
+
+
+def run_main(main: Callable[[Optional[List[str]]], None],
+             argv: Optional[List[str]] = None) -> int:
+    """Run ``main(argv)``; a :class:`UserError` becomes ``error: ...`` and status 2."""
+    return cli._run(main, argv)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The positional ``config`` and ``--cfg-options``, as tools/train.py takes them."""
+    parser.add_argument('config', help='config file')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
+                        help='override config settings, as for tools/train.py')
