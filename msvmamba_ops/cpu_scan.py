@@ -1,0 +1,45 @@
+"""The ``cpu`` backend: fused C++ kernel (``csrc/cpu/selective_scan_cpu.cpp``), forward and
+backward, parallel over rows with OpenMP, vectorised (AVX2/AVX-512 copies picked at run time
+on x86-64). Inputs follow the backend interface of docs/TEAM_NOTES.md.
+"""
+from typing import Optional
+
+from .build import ExtensionError, load_extension
+
+
+def ops(build: bool = True):
+    """``torch.ops.msvmamba_cpu`` (fwd, bwd, isa), loading (and if needed building) it."""
+    return load_extension('cpu', build=build)
+
+
+def unavailable_reason(build: bool = False) -> Optional[str]:
+    """None if the kernel can be used (without compiling, unless ``build``), else why not."""
+    try:
+        ops(build=build)
+    except ExtensionError as exc:
+        return str(exc)
+    return None
+
+
+def is_available(build: bool = False) -> bool:
+    return unavailable_reason(build) is None
+
+
+def isa() -> str:
+    """The instruction set the kernel runs with on this CPU (e.g. 'avx2')."""
+    return ops().isa()
+
+
+def fwd(u, delta, A, B, C, D, delta_bias, delta_softplus: bool, out_float: bool):
+    return ops().fwd(u, delta, A, B, C, D, delta_bias, delta_softplus, out_float)
+
+
+def bwd(u, delta, A, B, C, D, delta_bias, dout, delta_softplus: bool):
+    dout = dout.to(A.dtype).contiguous()  # the kernel reads dout in the accumulation dtype
+    du, ddelta, dA, dB, dC, dD, dbias = ops().bwd(u, delta, A, B, C, D, delta_bias, dout,
+                                                  delta_softplus)
+    return (du, ddelta, dA, dB, dC, None if D is None else dD,
+            None if delta_bias is None else dbias)
+
+
+__all__ = ['fwd', 'bwd', 'is_available', 'unavailable_reason', 'isa', 'ops']
