@@ -115,6 +115,40 @@ class DropPath(nn.Module):
         return f'drop_prob={self.drop_prob}'
 
 
+def _can_overwrite(t: torch.Tensor) -> bool:
+    """True when autograd does not track ``t``, so an op may write its result into ``t``.
+
+    Only used on fresh intermediates that nothing else reads afterwards. In inference every
+    full-size temporary avoided saves an allocation, the page faults of first touching it
+    and a pass over memory: the early stages are bound by memory traffic, not by FLOPs.
+    """
+    return not t.requires_grad
+
+
+def _silu_(t: torch.Tensor) -> torch.Tensor:
+    """SiLU of a fresh intermediate, in place when autograd allows."""
+    return F.silu(t, inplace=_can_overwrite(t))
+
+
+def _fits_in_place(fresh: torch.Tensor, other: torch.Tensor) -> bool:
+    """The out-of-place result of ``fresh (op) other`` would have fresh's shape and dtype
+    (e.g. not a bf16 temporary plus an fp32 residual under autocast) and autograd allows
+    overwriting fresh."""
+    return (_can_overwrite(fresh) and torch.result_type(fresh, other) == fresh.dtype
+            and torch.broadcast_shapes(fresh.shape, other.shape) == fresh.shape)
+
+
+def _add_into(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``fresh + other``, written into ``fresh`` (a temporary) when possible. Same values
+    either way (IEEE addition is commutative)."""
+    return fresh.add_(other) if _fits_in_place(fresh, other) else fresh + other
+
+
+def _mul_into(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``fresh * other``, written into ``fresh`` (a temporary) when possible."""
+    return fresh.mul_(other) if _fits_in_place(fresh, other) else fresh * other
+
+
 class SqueezeExcite(nn.Module):
     """Channel attention on a channel-last map: avg-pool, Linear-ReLU-Linear, sigmoid.
 
@@ -131,11 +165,14 @@ class SqueezeExcite(nn.Module):
             nn.Linear(channels, hidden, bias=False), nn.ReLU(inplace=True),
             nn.Linear(hidden, channels, bias=False), nn.Sigmoid())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, overwrite_input: bool = False) -> torch.Tensor:
+        """``overwrite_input``: the caller's x is a temporary; scale it in place (when
+        autograd allows) instead of allocating the result."""
         # adaptive_avg_pool2d (rather than mean) is the op upstream uses: it keeps FLOP
         # counts identical and has a channels-last kernel.
         pooled = F.adaptive_avg_pool2d(x.permute(0, 3, 1, 2), 1).flatten(1)
-        return x * self.fc(pooled)[:, None, None, :]
+        scale = self.fc(pooled)[:, None, None, :]
+        return _mul_into(x, scale) if overwrite_input else x * scale
 
 
 class ConvFFN(nn.Module):
@@ -157,13 +194,16 @@ class ConvFFN(nn.Module):
         self.linear2 = nn.Conv2d(hidden_channels, channels, 1)
         self.dwc = nn.Conv2d(hidden_channels, hidden_channels, 3, padding=1,
                              groups=hidden_channels)
-        self.drop = nn.Dropout(drop)
+        # Identity when the rate is 0 (every released model): not even a call in eval.
+        self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.drop(F.linear(x, self.linear1.weight.flatten(1), self.linear1.bias))
         # The permuted views are channels_last tensors: the conv runs on them directly.
-        h = h + self.dwc(h.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        h = F.gelu(h)
+        # Its output is a fresh temporary that takes the sum.
+        h = _add_into(self.dwc(h.permute(0, 3, 1, 2)).permute(0, 2, 3, 1), h)
+        # gelu_ has no torch.nn.functional spelling; the aten op is the in-place GELU.
+        h = torch.ops.aten.gelu_(h) if _can_overwrite(h) else F.gelu(h)
         return self.drop(F.linear(h, self.linear2.weight.flatten(1), self.linear2.bias))
 
 
@@ -204,7 +244,7 @@ def _scan_indices(h: int, w: int, directions: Tuple[str, ...],
     positions holding it in the k directions (so that a gather + sum over k merges).
     """
     # Cached tensors must be ordinary ones even when first made under inference_mode:
-    # gather saves its index for backward in later training steps.
+    # gather / index_select save their index for backward in later training steps.
     with torch.inference_mode(False), torch.no_grad():
         grid = torch.arange(h * w, device=device).view(h, w)
         base = {'row': grid.flatten(), 'column': grid.t().flatten()}
@@ -226,18 +266,24 @@ def _to_sequence(x: torch.Tensor, directions: Tuple[str, ...]) -> torch.Tensor:
         return x.contiguous().flatten(2)
     batch, channels, h, w = x.shape
     order, _ = _scan_indices(h, w, directions, x.device)
-    return torch.gather(x.flatten(2), 2, order.expand(batch, channels, -1))
+    # (B, E, h*w) as a view in either memory layout (flatten(2) would copy a channels_last
+    # map first); the gather reads it strided and writes the sequence in one pass.
+    tokens = x.permute(0, 2, 3, 1).flatten(1, 2).transpose(1, 2)
+    return torch.gather(tokens, 2, order.expand(batch, channels, -1))
 
 
 def _from_sequence(y: torch.Tensor, directions: Tuple[str, ...], h: int,
                    w: int) -> torch.Tensor:
     """Token-major scan output (B, k*h*w, E) -> (B, h, w, E): every direction put back in
-    place, summed over directions (a gather and a sum: deterministic on every device)."""
+    place, summed over directions (a row gather and a sum: deterministic on every
+    device)."""
     if directions == ('row', ):
         return y.unflatten(1, (h, w))
     batch, _, channels = y.shape
     _, merge = _scan_indices(h, w, directions, y.device)
-    gathered = torch.gather(y, 1, merge[None, :, None].expand(batch, -1, channels))
+    # index_select copies whole token rows (several times faster than a gather with an
+    # expanded per-element index); same values.
+    gathered = y.index_select(1, merge)
     return gathered.view(batch, h, w, len(directions), channels).sum(3)
 
 
@@ -371,9 +417,9 @@ class MultiScaleSS2D(nn.Module):
         z = F.linear(x, self.in_proj.weight[inner:]) if self.gate else None
         act_dtype = x_in.dtype
         x_in = x_in.permute(0, 3, 1, 2)
-        x_full = F.silu(self.conv2d(x_in))
+        x_full = _silu_(self.conv2d(x_in))
         # The low-res map comes from the same pre-conv input, in parallel with conv2d.
-        x_low = F.silu(self.conv2d_b1(x_in))
+        x_low = _silu_(self.conv2d_b1(x_in))
         h, w = x_low.shape[2:]
 
         # Layout change in: the scan reads channel-major (B, E, L) sequences.
@@ -388,15 +434,17 @@ class MultiScaleSS2D(nn.Module):
         y_low = F.interpolate(
             y_low.permute(0, 3, 1, 2), size=(H, W), mode=self.upsample_mode,
             **(dict(align_corners=False) if self.upsample_mode == 'bilinear' else {}))
-        # y_low first: the sum takes its (channel-last, contiguous) layout.
-        y = y_low.permute(0, 2, 3, 1) + _from_sequence(y_full, self.full_directions, H, W)
+        # The upsampled y_low (a channel-last temporary) takes the sum.
+        y = _add_into(y_low.permute(0, 2, 3, 1),
+                      _from_sequence(y_full, self.full_directions, H, W))
         if self.out_norm_mode == 'merged':
             y = self.out_norm(y)
         y = y.to(act_dtype)
+        # From here y and z are temporaries of this forward: scale and gate them in place.
         if self.se is not None:
-            y = self.se(y)
+            y = self.se(y, overwrite_input=True)
         if z is not None:
-            y = y * F.silu(z)
+            y = _mul_into(y, _silu_(z))
         return self.out_proj(y)
 
 
@@ -435,10 +483,11 @@ class VSSBlock(nn.Module):
         self.norm2 = nn.LayerNorm(channels, eps=norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.op(self.norm(x)))
+        # Each branch output is a temporary: it takes the residual sum.
+        x = _add_into(self.drop_path(self.op(self.norm(x))), x)
         if self.ffn_pre_norm:
-            return x + self.drop_path(self.convFFN(self.norm2(x)))
-        return x + self.drop_path(self.norm2(self.convFFN(x)))
+            return _add_into(self.drop_path(self.convFFN(self.norm2(x))), x)
+        return _add_into(self.drop_path(self.norm2(self.convFFN(x))), x)
 
 
 class MSVMambaStage(nn.Module):

@@ -2,14 +2,21 @@
 """Inference throughput of an MSVMamba classifier and the share of time in selective_scan.
 
     python tools/analysis_tools/benchmark.py --arch tiny --batch-size 8 --shape 224 224 \
-        [--amp] [--device cpu|cuda] [--warmup 2] [--iters 10] [--threads N]
+        [--amp] [--device cpu|cuda] [--warmup 2] [--iters 10] [--threads N] \
+        [--tune-malloc] [--stub-scan]
 
-Prints images/s (median over the timed iterations, after warm-up) and the fraction of the
-forward time spent inside ``msvmamba_ops.selective_scan`` (timed in a separate pass with
-the scan wrapped by a timer: wall clock on CPU, CUDA events on GPU).
+Prints images/s (median over the timed iterations, after warm-up), the selective-scan
+backend in use and the fraction of the forward time spent inside
+``msvmamba_ops.selective_scan`` (timed in a separate pass with the scan wrapped by a timer:
+wall clock on CPU, CUDA events on GPU).
+
+On a shared machine compare variants by running them in one process, alternating, rather
+than across runs: the load changes from minute to minute.
 """
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
 import os.path as osp
 import statistics
 import sys
@@ -24,6 +31,7 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
 from get_flops import ArchClassifier  # noqa: E402
 
+from msvmamba_ops import resolve_backend  # noqa: E402
 from projects.msvmamba import msvmamba as msvmamba_module  # noqa: E402
 from projects.msvmamba.msvmamba import MSVMamba  # noqa: E402
 
@@ -40,7 +48,32 @@ def parse_args(argv=None):
     parser.add_argument('--iters', type=int, default=10)
     parser.add_argument('--threads', type=int, default=None,
                         help='torch CPU threads (default: torch default)')
+    parser.add_argument('--tune-malloc', action='store_true',
+                        help='CPU: keep freed memory in the glibc heap (see tune_glibc_malloc)')
+    parser.add_argument('--stub-scan', action='store_true',
+                        help='replace selective_scan by a copy of u: times the rest of the '
+                        'network (e.g. while only the slow reference scan is available)')
     return parser.parse_args(argv)
+
+
+def tune_glibc_malloc() -> bool:
+    """Stop glibc from handing large freed blocks back to the OS.
+
+    By default glibc serves blocks above a (dynamic) threshold with mmap and trims the heap
+    top on free, so each forward's activation tensors are page-faulted in afresh (tens of
+    thousands of faults per batch at 224x224); the same effect as running with jemalloc or
+    tcmalloc, the allocators PyTorch's CPU tuning guide recommends. Returns False where
+    glibc's mallopt is not available.
+    """
+    name = ctypes.util.find_library('c')
+    libc = ctypes.CDLL(name) if name else None
+    if libc is None or not hasattr(libc, 'mallopt'):
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    ok = libc.mallopt(m_mmap_threshold, 32 * 2**20)  # glibc's maximum on 64-bit systems
+    ok &= libc.mallopt(m_trim_threshold, 2**30)
+    ok &= libc.mallopt(m_top_pad, 64 * 2**20)
+    return bool(ok)
 
 
 def build_model(args) -> nn.Module:
@@ -114,18 +147,35 @@ def scan_share(model, inputs, args, iters: int) -> float:
         msvmamba_module.selective_scan = original
 
 
+def stub_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False,
+              out_float=False, backend=None):
+    """Stand-in for selective_scan with its output shape and dtype, at the cost of a copy."""
+    return u.to(torch.float32 if out_float else u.dtype, copy=True)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = build_model(args)
-    inputs = torch.randn(args.batch_size, 3, *args.shape, device=args.device)
-    times = time_iterations(model, inputs, args, args.iters)
+    malloc_tuned = args.tune_malloc and args.device == 'cpu' and tune_glibc_malloc()
+    original_scan = msvmamba_module.selective_scan
+    if args.stub_scan:
+        msvmamba_module.selective_scan = stub_scan
+        backend = 'stub (copy of u)'
+    else:
+        backend = resolve_backend(args.device, torch.float32)
+    try:
+        torch.manual_seed(0)
+        model = build_model(args)
+        inputs = torch.randn(args.batch_size, 3, *args.shape, device=args.device)
+        times = time_iterations(model, inputs, args, args.iters)
+        share = scan_share(model, inputs, args, max(1, args.iters // 2))
+    finally:
+        msvmamba_module.selective_scan = original_scan
     median = statistics.median(times)
-    share = scan_share(model, inputs, args, max(1, args.iters // 2))
     print(f'arch {args.arch}, batch {args.batch_size}, shape {tuple(args.shape)}, '
-          f'device {args.device}, amp {args.amp}, threads {torch.get_num_threads()}')
+          f'device {args.device}, amp {args.amp}, threads {torch.get_num_threads()}, '
+          f'scan backend {backend}, malloc tuned {malloc_tuned}')
     print(f'{args.batch_size / median:.2f} img/s (median {median * 1000:.1f} ms per batch over '
           f'{len(times)} iterations, min {min(times) * 1000:.1f} ms)')
     print(f'selective_scan share of forward time: {share * 100:.1f}%')
