@@ -20,3 +20,17 @@ def test_benchmark_reports_throughput_and_scan_share(capsys):
     # the timer wrapper is removed again
     from projects.msvmamba import msvmamba
     assert not isinstance(msvmamba.selective_scan, tool.ScanTimer)
+
+
+def test_benchmark_takes_a_config(capsys):
+    spec = importlib.util.spec_from_file_location('benchmark', TOOL)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    config = osp.join(REPO, 'configs', 'mask_rcnn_msvmamba_n_1x.py')
+    assert tool.main([config, '--cfg-options', 'model.backbone.init_cfg=None',
+                      '--batch-size', '1', '--shape', '64', '64',
+                      '--warmup', '1', '--iters', '2']) == 0
+    out = capsys.readouterr().out
+    assert 'mask_rcnn_msvmamba_n_1x.py, batch 1' in out, out
+    assert re.search(r'[\d.]+ img/s \(median', out), out
+    assert float(re.search(r'peak memory: (\d+) MiB', out).group(1)) > 0

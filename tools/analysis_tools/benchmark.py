@@ -1,12 +1,17 @@
 #!/usr/bin/env python
-"""Inference throughput of an MSVMamba classifier and the share of time in selective_scan.
+"""Inference throughput and peak memory of an MSVMamba model (a config's model or a
+classifier by arch) and the share of time in selective_scan.
 
-    python tools/analysis_tools/benchmark.py --arch tiny --batch-size 8 --shape 224 224 \
+    python tools/analysis_tools/benchmark.py [CONFIG] [--cfg-options k=v ...] \
+        [--arch tiny] [--batch-size 8] [--shape 224 224] \
         [--amp] [--device cpu|cuda] [--warmup 2] [--iters 10] [--threads N] \
         [--tune-malloc] [--stub-scan]
 
-Prints images/s (median over the timed iterations, after warm-up), the selective-scan
-backend in use and the fraction of the forward time spent inside
+With CONFIG, the config's model runs its 'tensor' forward (detectors, which need data
+samples for that, run backbone + neck: ``extract_feat``); without, an ImageNet classifier
+of ``--arch``. Prints images/s (median over the timed iterations, after warm-up), peak
+memory (CUDA: peak allocated by torch; CPU: the process's peak resident set), the
+selective-scan backend in use and the fraction of the forward time spent inside
 ``msvmamba_ops.selective_scan`` (timed in a separate pass with the scan wrapped by a timer:
 wall clock on CPU, CUDA events on GPU).
 
@@ -29,7 +34,7 @@ import torch.nn as nn
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
-from get_flops import ArchClassifier  # noqa: E402
+from get_flops import ArchClassifier, TensorForward, build_from_config  # noqa: E402
 
 from msvmamba_ops import resolve_backend  # noqa: E402
 from projects.msvmamba import msvmamba as msvmamba_module  # noqa: E402
@@ -38,6 +43,9 @@ from projects.msvmamba.msvmamba import MSVMamba  # noqa: E402
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('config', nargs='?', help='config file (default: a classifier of --arch)')
+    parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
+                        help='override config settings, as in tools/train.py')
     parser.add_argument('--arch', default='tiny', choices=sorted(MSVMamba.arch_zoo))
     parser.add_argument('--batch-size', type=int, default=8)
     parser.add_argument('--shape', type=int, nargs=2, default=(224, 224), metavar=('H', 'W'))
@@ -77,7 +85,25 @@ def tune_glibc_malloc() -> bool:
 
 
 def build_model(args) -> nn.Module:
-    return ArchClassifier(args.arch).to(args.device).eval()
+    if not args.config:
+        return ArchClassifier(args.arch).to(args.device).eval()
+    if not osp.isfile(args.config):
+        raise SystemExit(f'error: config file {args.config} does not exist')
+    model = build_from_config(args.config, args.cfg_options).to(args.device).eval()
+    inputs = torch.randn(1, 3, 64, 64, device=args.device)
+    try:  # classifiers and segmentors: the whole network
+        with torch.inference_mode():
+            model(inputs, mode='tensor')
+        return TensorForward(model, lambda m, x: m(x, mode='tensor'))
+    except Exception:  # two-stage detectors need data samples: backbone + neck
+        return TensorForward(model, lambda m, x: m.extract_feat(x))
+
+
+def peak_memory_mib(device: str) -> float:
+    if device == 'cuda':
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def autocast(args):
@@ -173,11 +199,14 @@ def main(argv=None) -> int:
     finally:
         msvmamba_module.selective_scan = original_scan
     median = statistics.median(times)
-    print(f'arch {args.arch}, batch {args.batch_size}, shape {tuple(args.shape)}, '
+    what = args.config or f'arch {args.arch}'
+    print(f'{what}, batch {args.batch_size}, shape {tuple(args.shape)}, '
           f'device {args.device}, amp {args.amp}, threads {torch.get_num_threads()}, '
           f'scan backend {backend}, malloc tuned {malloc_tuned}')
     print(f'{args.batch_size / median:.2f} img/s (median {median * 1000:.1f} ms per batch over '
           f'{len(times)} iterations, min {min(times) * 1000:.1f} ms)')
+    print(f'peak memory: {peak_memory_mib(args.device):.0f} MiB '
+          f'({"torch max allocated" if args.device == "cuda" else "process peak RSS"})')
     print(f'selective_scan share of forward time: {share * 100:.1f}%')
     return 0
 
