@@ -19,7 +19,7 @@ import torch
 
 from . import build as _build
 
-_NOT_BUILT = ('the CUDA selective-scan extension is not built; run `bash tools/setup.sh` on a '
+NOT_BUILT = ('the CUDA selective-scan extension is not built; run `bash tools/setup.sh` on a '
               'machine with nvcc (or `python -m msvmamba_ops.build cuda`)')
 
 
@@ -28,7 +28,7 @@ def _module():
     try:
         return _build.load_extension('cuda', build=False)
     except _build.ExtensionError as exc:
-        raise RuntimeError(f'msvmamba_ops: {_NOT_BUILT}. ({exc})') from exc
+        raise RuntimeError(f'msvmamba_ops: {NOT_BUILT}. ({exc})') from exc
 
 
 _missing = False  # the probe failed once: not built (a build later in this process is not seen)

@@ -59,8 +59,7 @@ def backend_unavailable_reason(name: str, device_type: str, build: bool = False)
     check = getattr(module, 'is_available', None)
     if check is not None and not check():
         if name == 'cuda':
-            return ('the compiled CUDA extension is not built; run `bash tools/setup.sh` on a '
-                    'machine with nvcc')
+            return module.NOT_BUILT
         return f'{_BACKEND_MODULES[name]}.is_available() is False'
     return None
 
