@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 
-from msvmamba_ops import selective_scan
+from msvmamba_ops import cpu_fused, selective_scan
 
 from .checkpoint import load_pretrained
 
@@ -406,6 +406,58 @@ class MultiScaleSS2D(nn.Module):
                               delta_bias=self.dt_projs_bias[group].float(),
                               delta_softplus=True, out_float=True)
 
+    def _ssm_params(self, group: int) -> dict:
+        """The fused op's scan parameters of a group (A = -exp(A_log), fp32)."""
+        rows = slice(group * self.inner_channels, (group + 1) * self.inner_channels)
+        return dict(x_proj_weight=self.x_proj_weight[group],
+                    dt_proj_weight=self.dt_projs_weight[group],
+                    dt_bias=self.dt_projs_bias[group], A=-torch.exp(self.A_logs[rows]),
+                    D=self.Ds[rows])
+
+    def _can_fuse(self, x_in: torch.Tensor) -> bool:
+        """Whether the fused CPU inference pass (msvmamba_ops.cpu_fused) can replace the
+        branch ops: no gradient needed, float32 CPU tensors, one full-res direction."""
+        if x_in.device.type != 'cpu' or x_in.dtype != torch.float32:
+            return False
+        if torch.is_grad_enabled() and (x_in.requires_grad
+                                        or any(p.requires_grad for p in self.parameters())):
+            return False
+        return (self.full_directions == ('row', ) and self.A_logs.dtype == torch.float32
+                and cpu_fused.is_available())
+
+    def _forward_fused(self, x_in: torch.Tensor, z: Optional[torch.Tensor]) -> torch.Tensor:
+        """The branches after in_proj with two fused ops (same math as :meth:`forward`).
+        x_in: (B, E, H, W) channels_last view; z: (B, H, W, E) or None."""
+        batch, inner, H, W = x_in.shape
+        # Conv outputs before SiLU (the op applies it as it reads them), as token-major
+        # (B, positions, E) views of their channels_last memory (a copy only otherwise).
+        x_full = self.conv2d(x_in).permute(0, 2, 3, 1).reshape(batch, H * W, inner)
+        x_low = self.conv2d_b1(x_in)
+        h, w = x_low.shape[2:]
+        x_low = x_low.permute(0, 2, 3, 1).reshape(batch, h * w, inner)
+        norm = (self.out_norm.weight, self.out_norm.bias)
+        per_branch = self.out_norm_mode == 'per_branch'
+        order, _ = _scan_indices(h, w, self.low_directions, x_in.device)
+        y_low, _ = cpu_fused.ms2d_branch(
+            x_low, order, **self._ssm_params(self.low_res_group),
+            norm=norm if per_branch else None, eps=self.out_norm.eps, size=(h, w))
+        y, pooled = cpu_fused.ms2d_branch(
+            x_full, None, **self._ssm_params(self.full_res_group),
+            norm=norm if per_branch else None, eps=self.out_norm.eps, size=(H, W),
+            low=y_low.view(batch, h, w, inner), nearest=self.upsample_mode == 'nearest',
+            post_norm=None if per_branch else norm,
+            z=None if z is None else z.reshape(batch, H * W, inner), pool=self.se is not None)
+        if self.se is None:
+            return self.out_proj(y).view(batch, H, W, -1)
+        # Squeeze-excite scales the E input channels of out_proj per image: scale whichever
+        # is smaller, y (B, H*W, E) or a per-image copy of the weight (B, C, E).
+        scale = self.se.fc(pooled / (H * W))
+        weight = self.out_proj.weight
+        if weight.shape[0] < H * W:
+            weight = weight[None] * scale[:, None, :]
+            return torch.bmm(y, weight.transpose(1, 2)).view(batch, H, W, -1)
+        return self.out_proj(y.mul_(scale[:, None, :])).view(batch, H, W, -1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) channel-last, already normalised. Returns (B, H, W, C)."""
         H, W = x.shape[1:3]
@@ -417,6 +469,8 @@ class MultiScaleSS2D(nn.Module):
         z = F.linear(x, self.in_proj.weight[inner:]) if self.gate else None
         act_dtype = x_in.dtype
         x_in = x_in.permute(0, 3, 1, 2)
+        if self._can_fuse(x_in):
+            return self._forward_fused(x_in, z)
         x_full = _silu_(self.conv2d(x_in))
         # The low-res map comes from the same pre-conv input, in parallel with conv2d.
         x_low = _silu_(self.conv2d_b1(x_in))

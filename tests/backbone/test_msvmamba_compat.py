@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from backbone_utils import REPO, load_manifest, load_vectors, rel_error
 
+from msvmamba_ops import cpu_fused
 from projects.msvmamba import MSVMamba, convert_to_mmpretrain
 
 MANIFESTS = {
@@ -24,6 +25,21 @@ EXPECTED_PARAMS = {  # classification models including the 1000-class head
 }
 TOLERANCE = 1e-5
 CONVERTER = REPO / 'tools/model_converters/msvmamba2mmpretrain.py'
+
+
+@pytest.fixture(params=['fused', 'unfused'])
+def token_mixer_path(request, monkeypatch):
+    """Runs a test with the fused CPU inference pass of the token mixer (msvmamba_ops.
+    cpu_fused, what eval on CPU uses) and with the unfused ops (what training uses)."""
+    fused = request.param == 'fused'
+    monkeypatch.setenv(cpu_fused.ENV_FUSED, '1' if fused else '0')
+    if fused and not cpu_fused.is_available():
+        pytest.skip('the cpu extension (fused pass) is not built')
+    calls = []
+    op = cpu_fused.ms2d_branch
+    monkeypatch.setattr(cpu_fused, 'ms2d_branch', lambda *a, **k: calls.append(1) or op(*a, **k))
+    yield request.param
+    assert bool(calls) == fused, 'the token mixer did not take the path under test'
 
 
 def shapes(module) -> dict:
@@ -68,7 +84,7 @@ def small_arch(vectors: dict, base: str) -> dict:
     return dict(base=base, dims=vectors['arch']['dims'], depths=vectors['arch']['depths'])
 
 
-def test_master_dense_outputs_reproduce_upstream(master_vectors):
+def test_master_dense_outputs_reproduce_upstream(master_vectors, token_mixer_path):
     model = MSVMamba(small_arch(master_vectors, 'tiny'), out_indices=(0, 1, 2, 3),
                      final_norm=False).eval()
     model.load_state_dict(master_vectors['backbone_state_dict'])  # strict
@@ -101,7 +117,7 @@ def v3_case(v3_vectors, variant):
 
 
 @pytest.mark.parametrize('case', ['master', 'v3_vms_noz', 'v3_vms'])
-def test_logits_reproduce_upstream(case, master_vectors, v3_vectors):
+def test_logits_reproduce_upstream(case, master_vectors, v3_vectors, token_mixer_path):
     if case == 'master':
         v = master_vectors
         arch, state_dict, inputs, expected = (small_arch(v, 'tiny'), v['classifier_state_dict'],

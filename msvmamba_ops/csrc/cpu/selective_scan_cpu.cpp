@@ -21,36 +21,7 @@
 //
 // Exposed as torch ops in the namespace msvmamba_cpu: fwd, bwd, isa (see TORCH_LIBRARY).
 // MSVMAMBA_CPU_SEGMENT=<steps> forces short backward segments (tests).
-#include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
-
-#include <algorithm>
-#include <atomic>
-#include <bit>
-#include <cmath>
-#include <cstdint>
-#include <cstdlib>
-#include <cstring>
-#include <map>
-#include <mutex>
-#include <new>
-#include <string>
-#include <vector>
-
-#if defined(__GNUC__)
-#define MSV_INLINE inline __attribute__((always_inline))
-#else
-#define MSV_INLINE inline
-#endif
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#define MSV_X86 1
-#define MSV_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#define MSV_TARGET_AVX512 \
-  __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
-#endif
+#include "cpu_common.h"
 
 namespace msv {
 namespace {
@@ -58,144 +29,6 @@ namespace {
 constexpr int64_t kChunk = 256;  // time steps per L1-resident chunk
 constexpr int kRows = 8;         // rows whose recurrences run interleaved
 constexpr int64_t kWorkspaceBytes = 8 << 20;  // backward: stored forward data per thread
-
-template <typename T>
-struct AccT {
-  using type = float;
-};
-template <>
-struct AccT<double> {
-  using type = double;
-};
-
-// ---------------------------------------------------------------------------------------
-// Math. float: vectorisable polynomial versions; double: libm (used by the float64 tests).
-
-// exp(x) = 2^k exp(r), k = round(x / ln2), |r| <= ln2 / 2 (Cephes-style minimax polynomial),
-// for x already in [-87, 88.7] (or NaN, which propagates). Branch-free, so it vectorises.
-MSV_INLINE float exp_reduced_(float x) {
-  const float magic = 12582912.f;  // 1.5 * 2^23: adding it rounds to an integer
-  const float shifted = x * 1.44269504088896341f + magic;
-  const float k = shifted - magic;
-  const uint32_t kbits = std::bit_cast<uint32_t>(shifted) - 0x4B400000u;
-  const float scale = std::bit_cast<float>((kbits + 127u) << 23);  // 2^k
-  const float r = (x - k * 0.693359375f) + k * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.f;
-  return p * scale;
-}
-
-// exp(x) for x <= 0 (the decays exp(dt * A) with A <= 0, dt >= 0, and inside softplus):
-// one clamp; x < -87 gives exp(-87) ~ 1.6e-38 instead of a denormal or 0.
-MSV_INLINE float exp_nonpos_(float x) { return exp_reduced_(x < -87.f ? -87.f : x); }
-
-// exp(x) for any x: +inf above 88 (exp(88.7) is the float maximum), 0 below -87.
-MSV_INLINE float exp_(float x) {
-  const float y = exp_reduced_(x < -87.f ? -87.f : (x > 88.f ? 88.f : x));
-  return x > 88.f ? INFINITY : (x < -87.f ? 0.f : y);
-}
-MSV_INLINE double exp_(double x) { return std::exp(x); }
-MSV_INLINE double exp_nonpos_(double x) { return std::exp(x); }
-
-// log1p(z) for z in [0, 1] (or NaN): w = 1 + z = 2^e m, m in [sqrt(.5), sqrt(2)), f = m - 1
-// computed without rounding loss, log(1 + f) by a polynomial.
-MSV_INLINE float log1p_unit_(float z) {
-  const bool big = z > 0.41421356f;
-  // f = big ? (z - 1) / 2 : z, as one multiply-add (keeps the compiler from evaluating the
-  // polynomial once per branch)
-  const float f = z * (big ? 0.5f : 1.f) + (big ? -0.5f : 0.f);
-  const float e = big ? 0.693147180559945f : 0.f;
-  const float f2 = f * f;
-  float p = 7.0376836292e-2f;
-  p = p * f - 1.1514610310e-1f;
-  p = p * f + 1.1676998740e-1f;
-  p = p * f - 1.2420140846e-1f;
-  p = p * f + 1.4249322787e-1f;
-  p = p * f - 1.6668057665e-1f;
-  p = p * f + 2.0000714765e-1f;
-  p = p * f - 2.4999993993e-1f;
-  p = p * f + 3.3333331174e-1f;
-  return f + f2 * (f * p - 0.5f) + e;
-}
-
-// softplus(v) = log1p(exp(v)) for v <= 20, v above (torch's threshold), NaN -> NaN.
-MSV_INLINE float softplus_(float v) {
-  const float neg_abs = std::bit_cast<float>(std::bit_cast<uint32_t>(v) | 0x80000000u);
-  return (v > 0.f ? v : 0.f) + log1p_unit_(exp_nonpos_(neg_abs));
-}
-MSV_INLINE double softplus_(double v) { return v > 20.0 ? v : std::log1p(std::exp(v)); }
-
-// Large outputs, temporaries and the backward's per-thread workspaces come from a small cache
-// of recently freed blocks of the same size: the first touch of fresh pages (page faults)
-// costs up to a third of the forward scan (more in VMs), and torch's CPU allocator does not
-// cache. The cache holds at most kCacheBlocks blocks and MSVMAMBA_CPU_CACHE_MB megabytes
-// (default 512; 0 disables it).
-class BlockCache {
- public:
-  static BlockCache& get() {
-    static BlockCache* cache = new BlockCache();  // never destroyed: deleters may run at exit
-    return *cache;
-  }
-  void* take(size_t bytes) {
-    {
-      std::lock_guard<std::mutex> guard(mutex_);
-      auto it = free_.find(bytes);
-      if (it != free_.end()) {
-        void* p = it->second;
-        free_.erase(it);
-        cached_ -= bytes;
-        return p;
-      }
-    }
-    void* p = nullptr;
-    if (posix_memalign(&p, 64, bytes) != 0) throw std::bad_alloc();
-    return p;
-  }
-  void give(void* p, size_t bytes) {
-    {
-      std::lock_guard<std::mutex> guard(mutex_);
-      if (free_.size() < kCacheBlocks && cached_ + bytes <= limit_) {
-        free_.emplace(bytes, p);
-        cached_ += bytes;
-        return;
-      }
-    }
-    std::free(p);
-  }
-  size_t limit() const { return limit_; }
-
- private:
-  static constexpr size_t kCacheBlocks = 16;
-  BlockCache() {
-    const char* env = std::getenv("MSVMAMBA_CPU_CACHE_MB");
-    limit_ = (env != nullptr ? std::strtoull(env, nullptr, 10) : 512ull) << 20;
-  }
-  std::mutex mutex_;
-  std::multimap<size_t, void*> free_;
-  size_t cached_ = 0, limit_ = 0;
-};
-
-// A block from the cache for the lifetime of the object.
-template <typename T>
-class CachedBuffer {
- public:
-  explicit CachedBuffer(int64_t n)
-      : bytes_(static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(T)),
-        data_(static_cast<T*>(BlockCache::get().take(bytes_))) {}
-  ~CachedBuffer() { BlockCache::get().give(data_, bytes_); }
-  CachedBuffer(const CachedBuffer&) = delete;
-  CachedBuffer& operator=(const CachedBuffer&) = delete;
-  T* data() const { return data_; }
-
- private:
-  size_t bytes_;
-  T* data_;
-};
 
 // ---------------------------------------------------------------------------------------
 // Kernel arguments: raw pointers into contiguous tensors.
@@ -630,48 +463,6 @@ MSV_INLINE void bwd_items(const BwdArgs<scalar_t>& args, const Next& next) {
   }
 }
 
-// ---------------------------------------------------------------------------------------
-// Instruction-set variants (x86-64): the always-inline kernels above are compiled again
-// inside functions carrying a target attribute.
-
-enum class Isa { kDefault, kAvx2, kAvx512 };
-
-Isa detect_isa() {
-#ifdef MSV_X86
-  __builtin_cpu_init();
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
-                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
-                      __builtin_cpu_supports("avx512dq");
-  Isa best = avx512 ? Isa::kAvx512 : (avx2 ? Isa::kAvx2 : Isa::kDefault);
-#else
-  Isa best = Isa::kDefault;
-#endif
-  // MSVMAMBA_CPU_ISA asks for a lower level (never a higher one than the CPU has).
-  const char* env = std::getenv("MSVMAMBA_CPU_ISA");
-  if (env != nullptr) {
-    Isa want = best;
-    if (std::strcmp(env, "default") == 0) want = Isa::kDefault;
-    if (std::strcmp(env, "avx2") == 0) want = Isa::kAvx2;
-    if (std::strcmp(env, "avx512") == 0) want = Isa::kAvx512;
-    if (static_cast<int>(want) < static_cast<int>(best)) best = want;
-  }
-  return best;
-}
-
-const char* isa_name(Isa isa) {
-  switch (isa) {
-    case Isa::kAvx512: return "avx512";
-    case Isa::kAvx2: return "avx2";
-    default:
-#ifdef MSV_X86
-      return "x86-64 baseline (sse2)";
-#else
-      return "baseline";
-#endif
-  }
-}
-
 // One copy per instruction set of a kernel K (K::run(args, next) is always-inline).
 struct FwdKernel {
   template <typename Args, typename Next>
@@ -682,39 +473,9 @@ struct BwdKernel {
   MSV_INLINE static void run(const Args& a, const Next& next) { bwd_items(a, next); }
 };
 
-template <typename K, typename Args, typename Next>
-void run_default(const Args& a, const Next& next) { K::run(a, next); }
-#ifdef MSV_X86
-template <typename K, typename Args, typename Next>
-MSV_TARGET_AVX2 void run_avx2(const Args& a, const Next& next) { K::run(a, next); }
-template <typename K, typename Args, typename Next>
-MSV_TARGET_AVX512 void run_avx512(const Args& a, const Next& next) { K::run(a, next); }
-#endif
-
-// float64 is for tests only: it runs the baseline copy (libm calls do not vectorise).
-template <typename K, typename Args, typename Next>
-void run_isa(Isa isa, const Args& a, const Next& next) {
-#ifdef MSV_X86
-  if constexpr (!std::is_same_v<typename Args::acc_t, double>) {
-    if (isa == Isa::kAvx512) return run_avx512<K>(a, next);
-    if (isa == Isa::kAvx2) return run_avx2<K>(a, next);
-  }
-#endif
-  run_default<K>(a, next);
-}
-
 // ---------------------------------------------------------------------------------------
 // Host side: checks, allocation, dispatch.
 
-at::Tensor empty_cached(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  int64_t numel = 1;
-  for (int64_t s : sizes) numel *= s;
-  const size_t bytes = static_cast<size_t>(numel) * c10::elementSize(options.dtype().toScalarType());
-  auto& cache = BlockCache::get();
-  if (bytes < (1u << 20) || bytes > cache.limit()) return at::empty(sizes, options);
-  void* p = cache.take(bytes);
-  return at::from_blob(p, sizes, [bytes](void* q) { BlockCache::get().give(q, bytes); }, options);
-}
 
 void check_inputs(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                   const at::Tensor& B, const at::Tensor& C,
@@ -774,25 +535,6 @@ Inputs<scalar_t, typename AccT<scalar_t>::type> make_inputs(
   return in;
 }
 
-// Runs the kernel K on the intra-op (OpenMP) threads: each thread calls K once and takes
-// tasks [0, ntasks) one at a time from a shared counter, so a thread that gets less CPU time
-// (a busy machine) just takes fewer. Small problems (< ~64k element-steps) run on the calling
-// thread.
-template <typename K, typename Args>
-void run_tasks(Isa isa, const Args& args, int64_t ntasks, int64_t work) {
-  std::atomic<int64_t> counter{0};
-  const auto next = [&]() -> int64_t {
-    const int64_t i = counter.fetch_add(1, std::memory_order_relaxed);
-    return i < ntasks ? i : -1;
-  };
-  const int64_t threads = std::min<int64_t>(
-      {static_cast<int64_t>(at::get_num_threads()), ntasks, std::max<int64_t>(1, work >> 16)});
-  if (threads <= 1 || at::in_parallel_region()) {
-    run_isa<K>(isa, args, next);
-    return;
-  }
-  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) { run_isa<K>(isa, args, next); });
-}
 
 template <typename scalar_t, typename out_t>
 void launch_fwd(const Inputs<scalar_t, typename AccT<scalar_t>::type>& in, at::Tensor& out) {

@@ -1,0 +1,89 @@
+"""Fused CPU inference pass of one MultiScaleSS2D branch: ``msvmamba_cpu::ms2d_branch``.
+
+The backbone's autograd path runs a branch of its token mixer as a chain of ops (layout copy
+or gather into channel-major sequences, x/dt projections as matmuls, :func:`selective_scan`,
+LayerNorm, a gather + sum merging the scan directions, upsampling, pooling and gating
+passes). When no gradient is needed, on float32 CPU tensors, the backbone calls this op
+instead: one pass per scan step over the step's E channels does all of that (the kernel's
+header comment, ``csrc/cpu/ms2d_cpu.cpp``, lists the math). Same results to float32 rounding;
+``tests/ops/test_cpu_fused.py`` checks the op against the unfused ops and
+``tests/backbone`` the whole backbone against the official reference outputs.
+
+The fused pass contains its own scan, so it is used only when the scan backend is left to
+``auto`` or set to ``cpu`` (``MSVMAMBA_SCAN_BACKEND``); ``MSVMAMBA_FUSED_CPU=0`` turns it
+off (e.g. to time the unfused ops).
+"""
+import os
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import cpu_scan
+from .scan import ENV_BACKEND
+
+ENV_FUSED = 'MSVMAMBA_FUSED_CPU'
+_available: Optional[bool] = None
+
+
+def is_available() -> bool:
+    """True if the fused op is built and the environment allows it (see module docstring)."""
+    global _available
+    if os.environ.get(ENV_FUSED, '1') == '0':
+        return False
+    if os.environ.get(ENV_BACKEND, 'auto') not in ('auto', 'cpu'):
+        return False
+    if _available is None:
+        _available = cpu_scan.is_available() and hasattr(cpu_scan.ops(), 'ms2d_branch')
+    return _available
+
+
+def ms2d_branch(x: Tensor,
+                order: Optional[Tensor],
+                x_proj_weight: Tensor,
+                dt_proj_weight: Tensor,
+                dt_bias: Tensor,
+                A: Tensor,
+                D: Optional[Tensor],
+                norm: Optional[Tuple[Tensor, Tensor]],
+                eps: float,
+                size: Tuple[int, int],
+                silu: bool = True,
+                low: Optional[Tensor] = None,
+                nearest: bool = False,
+                post_norm: Optional[Tuple[Tensor, Tensor]] = None,
+                z: Optional[Tensor] = None,
+                pool: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+    """One branch of MultiScaleSS2D, forward only, float32 CPU tensors.
+
+    Args:
+        x: (B, H*W, E) branch input, token-major (a channels_last conv output's
+            ``permute(0, 2, 3, 1)`` is one without a copy).
+        order: (K*H*W,) int64, the map position of each scan step (K directions, each a
+            permutation of the positions), or None: one row-major direction.
+        x_proj_weight: (R + 2N, E); dt_proj_weight: (E, R); dt_bias: (E,);
+        A: (E, N), already ``-exp(A_log)``; D: (E,) or None.
+        norm: (weight, bias) of a LayerNorm applied to each step's output before the
+            directions are merged (master's per-branch out_norm), or None.
+        eps: LayerNorm epsilon (both norms).
+        size: (H, W) of the map.
+        silu: apply SiLU to x as it is read.
+        low, nearest, post_norm, z, pool: the full-resolution epilogue (one direction only):
+            add ``low`` (B, h, w, E) upsampled to (H, W) (bilinear, align_corners=False, or
+            nearest), then LayerNorm ``post_norm`` (v3's merged out_norm), sum the result
+            over positions if ``pool`` (squeeze-excite input), multiply by SiLU(z) for a
+            (B, H*W, E) gate ``z``.
+
+    Returns:
+        (out, pooled): out (B, H*W, E) float32; pooled (B, E) sums over positions when
+        ``pool``, else None.
+    """
+    nw, nb = norm if norm is not None else (None, None)
+    pw, pb = post_norm if post_norm is not None else (None, None)
+    out, pooled = cpu_scan.ops().ms2d_branch(x, silu, order, x_proj_weight, dt_proj_weight,
+                                             dt_bias, A, D, nw, nb, float(eps), size[0],
+                                             size[1], low, nearest, pw, pb, z, pool)
+    return out, (pooled if pool else None)
+
+
+__all__ = ['ms2d_branch', 'is_available', 'ENV_FUSED']

@@ -1,0 +1,446 @@
+// Fused inference pass of one MultiScaleSS2D branch (projects/msvmamba), float32, CPU.
+//
+// The autograd path of the backbone runs a branch as separate ops: a copy of the token-major
+// map into channel-major (E, L) sequences (a gather for the multi-direction low-res branch),
+// the x projection and the dt projection as batched matmuls, the selective scan, a
+// transposed LayerNorm, a gather + sum that merges the directions, and elementwise passes for
+// the upsampled sum, the squeeze-excite pooling and the SiLU gate. Each of them streams the
+// whole (E x L) activation through memory. Here one pass per scan step does all of it while
+// the step's E channels sit in L1:
+//
+//   u = act(x[tok])                      tok = order[s] (the map position of scan step s),
+//                                        act = SiLU of the depthwise-conv output, or identity
+//   (dt, B, C) = W_x u                   R + 2N dot products over E
+//   delta = softplus(W_dt dt + bias)     vectorised over E
+//   h = exp(delta A) h + delta B u,  y = C h + D u   (the recurrence, vectorised over E:
+//                                        the E channels are independent chains)
+//   y = LayerNorm(y)                     per-branch out_norm (master), optional
+//   out[tok] = y (first direction), out[tok] += y (the others): the merge over directions,
+//                                        in the same order as the unfused sum
+//
+// and, for the full-resolution branch (one direction), an epilogue per position:
+//   y += upsample(low)[tok]              bilinear (align_corners=False) or nearest, the
+//                                        source indices and weights computed as ATen does
+//   y = LayerNorm(y)                     merged out_norm (v3), optional
+//   pool += y                            squeeze-excite sums (the caller divides)
+//   y *= SiLU(z[tok])                    output gate, optional
+//
+// Tasks are batch items (one scan per item; the state lives in registers/L1). Exposed as
+// msvmamba_cpu::ms2d_branch (see TORCH_LIBRARY_FRAGMENT below); msvmamba_ops/cpu_fused.py
+// documents the arguments and tests/ops/test_cpu_fused.py checks it against the unfused ops.
+#include "cpu_common.h"
+
+namespace msv {
+namespace {
+
+struct Ms2dArgs {
+  using acc_t = float;
+  const float* x;        // (Bt, P, E) branch input, token-major
+  bool silu;             // apply SiLU to x when loading it
+  const int64_t* order;  // (K * P) map position of each scan step; null: K = 1, identity
+  int64_t batch, P, E, K, R, N;
+  int64_t EP, JP;       // E and R + 2N rounded up to multiples of 16 (zero padding)
+  const float* wx_t;    // (EP, JP) x projection, transposed
+  const float* wdt_t;   // (R, EP) dt projection, transposed
+  const float* bias;    // (EP) dt bias
+  const float* A_t;     // (N, EP) A = -exp(A_log), transposed
+  const float* D;       // (EP) skip weights (zeros when there is no D)
+  const float* norm_w;  // (E) per-branch LayerNorm weight or null (then norm_b too)
+  const float* norm_b;
+  float eps;
+  // Full-resolution epilogue (K == 1 only); low == null: plain branch output.
+  const float* low;  // (Bt, lh * lw, E) merged low-res branch output
+  int64_t lh, lw, W;
+  bool nearest;
+  const int64_t* up_idx;  // rows: (H, 2) source rows; then cols: (W, 2) source cols
+  const float* up_wt;     // the matching weights
+  int64_t H;
+  const float* post_w;  // (E) merged LayerNorm or null
+  const float* post_b;
+  const float* z;  // (Bt, P, E) gate pre-activation or null
+  float* pool;     // (Bt, E) squeeze-excite sums or null
+  float* out;      // (Bt, P, E)
+  int64_t tile;    // scan steps whose projections are computed together
+};
+
+// 16 floats as a GCC vector: one zmm register in the AVX-512 copy of the kernel, two ymm or
+// four xmm in the others. Used where the compiler's own vectorisation falls short: the
+// register-blocked projections below.
+typedef float vf16 __attribute__((vector_size(64)));
+typedef float vf16u __attribute__((vector_size(64), aligned(4)));  // unaligned access
+constexpr int64_t kLanes = 16;
+constexpr int64_t kTB = 8;  // scan steps per projection block (accumulator rows)
+
+MSV_INLINE vf16 loadv(const float* p) { return *reinterpret_cast<const vf16u*>(p); }
+MSV_INLINE void storev(float* p, vf16 v) { *reinterpret_cast<vf16u*>(p) = v; }
+
+// out[t, c0 : c0 + 16 CV] = sum_k in[t, k] * w[k, c0 : ...] (+ init[c0 : ...]) for the kTB rows
+// t of a block: kTB x CV accumulators stay in registers, each w row is loaded once per block.
+// ``in`` rows are ``ld_in`` apart, ``w`` rows and ``out`` rows ``ld_w`` / ``ld_out``.
+template <int CV>
+MSV_INLINE void gemm_block(const float* __restrict in, int64_t ld_in, int64_t K,
+                           const float* __restrict w, int64_t ld_w, const float* init,
+                           float* __restrict out, int64_t ld_out, bool softplus) {
+  vf16 acc[kTB][CV];
+  for (int c = 0; c < CV; ++c) {
+    const vf16 v0 = init ? loadv(init + c * kLanes) : vf16{};
+    for (int t = 0; t < kTB; ++t) acc[t][c] = v0;
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    vf16 wk[CV];
+    for (int c = 0; c < CV; ++c) wk[c] = loadv(w + k * ld_w + c * kLanes);
+    for (int t = 0; t < kTB; ++t) {
+      const float s = in[t * ld_in + k];
+      for (int c = 0; c < CV; ++c) acc[t][c] += s * wk[c];
+    }
+  }
+  for (int t = 0; t < kTB; ++t) {
+    for (int c = 0; c < CV; ++c) {
+      float* o = out + t * ld_out + c * kLanes;
+      storev(o, acc[t][c]);
+      if (softplus) {
+#pragma omp simd
+        for (int64_t l = 0; l < kLanes; ++l) o[l] = softplus_(o[l]);
+      }
+    }
+  }
+}
+
+// out (kTB, NP) = in (kTB, K) @ w (K, NP) (+ init (NP)), NP a multiple of 16.
+MSV_INLINE void gemm_rows(const float* in, int64_t ld_in, int64_t K, const float* w,
+                          int64_t NP, const float* init, float* out, bool softplus) {
+  int64_t c0 = 0;
+  for (; c0 + 2 * kLanes <= NP; c0 += 2 * kLanes) {
+    gemm_block<2>(in, ld_in, K, w + c0, NP, init ? init + c0 : nullptr, out + c0, NP, softplus);
+  }
+  if (c0 < NP) {
+    gemm_block<1>(in, ld_in, K, w + c0, NP, init ? init + c0 : nullptr, out + c0, NP, softplus);
+  }
+}
+
+MSV_INLINE void layer_norm_(float* __restrict y, int64_t E, const float* __restrict w,
+                            const float* __restrict b, float eps) {
+  float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t e = 0; e < E; ++e) sum += y[e];
+  const float mean = sum / static_cast<float>(E);
+  float sq = 0.f;
+#pragma omp simd reduction(+ : sq)
+  for (int64_t e = 0; e < E; ++e) sq += (y[e] - mean) * (y[e] - mean);
+  // 1 / sqrt rounded once, as a division (no approximate reciprocal square root)
+  const float rstd = 1.f / std::sqrt(sq / static_cast<float>(E) + eps);
+#pragma omp simd
+  for (int64_t e = 0; e < E; ++e) y[e] = (y[e] - mean) * rstd * w[e] + b[e];
+}
+
+template <int kN, typename Next>
+MSV_INLINE void ms2d_tasks(const Ms2dArgs& a, const Next& next) {
+  // Rows of E channels are padded to EP (a multiple of 16) in the buffers; the padding
+  // lanes hold zeros in u, the weights and D, so they stay 0 through the recurrence and are
+  // never written out. (dt, B, C) rows are padded to JP.
+  const int64_t E = a.E, EP = a.EP, R = a.R, N = kN > 0 ? kN : a.N, JP = a.JP, T = a.tile;
+  const int64_t steps = a.K * a.P;
+  std::vector<float> buf(static_cast<size_t>(2 * T * EP + T * JP + N * EP + EP), 0.f);
+  float* u = buf.data();   // (T, EP) activated inputs of the tile
+  float* dl = u + T * EP;  // (T, EP) delta of the tile
+  float* xd = dl + T * EP; // (T, JP) (dt, B, C) of the tile
+  float* h = xd + T * JP;  // (N, EP) states
+  float* y = h + N * EP;   // (EP) output of the current step
+  for (int64_t b = next(); b >= 0; b = next()) {
+    const float* xb = a.x + b * a.P * E;
+    float* ob = a.out + b * a.P * E;
+    float* pool = a.pool ? a.pool + b * E : nullptr;
+    if (pool) std::fill(pool, pool + E, 0.f);
+    std::fill(h, h + N * EP, 0.f);
+    for (int64_t s0 = 0; s0 < steps; s0 += T) {
+      const int64_t nt = std::min(T, steps - s0);
+      const int64_t nblocks = (nt + kTB - 1) / kTB;  // rows past nt: stale, never used
+      // 1. inputs of the tile, activated
+      for (int64_t t = 0; t < nt; ++t) {
+        const int64_t tok = a.order ? a.order[s0 + t] : s0 + t;
+        const float* src = xb + tok * E;
+        float* dst = u + t * EP;
+        if (a.silu) {
+#pragma omp simd
+          for (int64_t e = 0; e < E; ++e) dst[e] = silu_(src[e]);
+        } else {
+          std::copy(src, src + E, dst);
+        }
+      }
+      // 2. x projection: (dt, B, C) = u W_x^T, 3. delta = softplus(dt W_dt^T + bias)
+      for (int64_t k = 0; k < nblocks; ++k) {
+        gemm_rows(u + k * kTB * EP, EP, E, a.wx_t, JP, nullptr, xd + k * kTB * JP, false);
+        gemm_rows(xd + k * kTB * JP, JP, R, a.wdt_t, EP, a.bias, dl + k * kTB * EP, true);
+      }
+      // 4. the recurrence, one step at a time, then that step's epilogue
+      for (int64_t t = 0; t < nt; ++t) {
+        const int64_t s = s0 + t;
+        const int64_t tok = a.order ? a.order[s] : s;
+        const float* __restrict ut = u + t * EP;
+        const float* __restrict d = dl + t * EP;
+        const float* Bs = xd + t * JP + R;
+        const float* Cs = Bs + N;
+#pragma omp simd
+        for (int64_t e = 0; e < EP; ++e) y[e] = a.D[e] * ut[e];
+        for (int64_t n = 0; n < N; ++n) {
+          const float bn = Bs[n], cn = Cs[n];
+          const float* __restrict An = a.A_t + n * EP;
+          float* __restrict hn = h + n * EP;
+#pragma omp simd
+          for (int64_t e = 0; e < EP; ++e) {
+            // A = -exp(A_log) <= 0 and delta >= 0: the exponent is never positive
+            const float hv = exp_nonpos_(d[e] * An[e]) * hn[e] + d[e] * bn * ut[e];
+            hn[e] = hv;
+            y[e] += cn * hv;
+          }
+        }
+        if (a.norm_w) layer_norm_(y, E, a.norm_w, a.norm_b, a.eps);
+        float* o = ob + tok * E;
+        if (a.low == nullptr) {  // merge over directions: the first writes, the others add
+          if (s < a.P) {
+            std::copy(y, y + E, o);
+          } else {
+#pragma omp simd
+            for (int64_t e = 0; e < E; ++e) o[e] += y[e];
+          }
+          continue;
+        }
+        // full-resolution epilogue
+        const int64_t i = tok / a.W, j = tok % a.W;
+        const float* lowb = a.low + b * a.lh * a.lw * E;
+        const int64_t* ri = a.up_idx + 2 * i;
+        const int64_t* ci = a.up_idx + 2 * a.H + 2 * j;
+        if (a.nearest) {
+          const float* l = lowb + (ri[0] * a.lw + ci[0]) * E;
+#pragma omp simd
+          for (int64_t e = 0; e < E; ++e) y[e] += l[e];
+        } else {
+          const float* rw = a.up_wt + 2 * i;
+          const float* cw = a.up_wt + 2 * a.H + 2 * j;
+          const float* l00 = lowb + (ri[0] * a.lw + ci[0]) * E;
+          const float* l01 = lowb + (ri[0] * a.lw + ci[1]) * E;
+          const float* l10 = lowb + (ri[1] * a.lw + ci[0]) * E;
+          const float* l11 = lowb + (ri[1] * a.lw + ci[1]) * E;
+          const float w00 = rw[0] * cw[0], w01 = rw[0] * cw[1];
+          const float w10 = rw[1] * cw[0], w11 = rw[1] * cw[1];
+#pragma omp simd
+          for (int64_t e = 0; e < E; ++e) {
+            y[e] += w00 * l00[e] + w01 * l01[e] + w10 * l10[e] + w11 * l11[e];
+          }
+        }
+        if (a.post_w) layer_norm_(y, E, a.post_w, a.post_b, a.eps);
+        if (pool) {
+#pragma omp simd
+          for (int64_t e = 0; e < E; ++e) pool[e] += y[e];
+        }
+        if (a.z) {
+          const float* zt = a.z + (b * a.P + tok) * E;
+#pragma omp simd
+          for (int64_t e = 0; e < E; ++e) o[e] = y[e] * silu_(zt[e]);
+        } else {
+          std::copy(y, y + E, o);
+        }
+      }
+    }
+  }
+}
+
+struct Ms2dKernel {
+  template <typename Args, typename Next>
+  MSV_INLINE static void run(const Args& a, const Next& next) {
+    if (a.N == 1) {
+      ms2d_tasks<1>(a, next);  // MSVMamba's case: the state loop unrolled away
+    } else {
+      ms2d_tasks<0>(a, next);
+    }
+  }
+};
+
+// Source rows/cols and weights of an upsampling from `in` to `out` positions, as ATen's
+// upsample_bilinear2d (align_corners=False, no scale factor) and upsample_nearest2d compute
+// them.
+void upsample_table(int64_t in, int64_t out, bool nearest, int64_t* idx, float* wt) {
+  const float scale = static_cast<float>(in) / static_cast<float>(out);
+  for (int64_t o = 0; o < out; ++o) {
+    if (nearest) {
+      int64_t src = o;
+      if (out == 2 * in) {
+        src = o >> 1;
+      } else if (out != in) {
+        src = std::min(static_cast<int64_t>(std::floor(static_cast<float>(o) * scale)), in - 1);
+      }
+      idx[2 * o] = idx[2 * o + 1] = src;
+      wt[2 * o] = 1.f;
+      wt[2 * o + 1] = 0.f;
+      continue;
+    }
+    if (out == in) {
+      idx[2 * o] = idx[2 * o + 1] = o;
+      wt[2 * o] = 1.f;
+      wt[2 * o + 1] = 0.f;
+      continue;
+    }
+    float real = scale * (static_cast<float>(o) + 0.5f) - 0.5f;
+    real = real < 0.f ? 0.f : real;
+    const int64_t i0 = std::min(static_cast<int64_t>(std::floor(real)), in - 1);
+    const float l1 = std::min(std::max(real - static_cast<float>(i0), 0.f), 1.f);
+    idx[2 * o] = i0;
+    idx[2 * o + 1] = i0 + (i0 < in - 1 ? 1 : 0);
+    wt[2 * o] = 1.f - l1;
+    wt[2 * o + 1] = l1;
+  }
+}
+
+void check_f32(const at::Tensor& t, const char* name, at::IntArrayRef sizes) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(),
+              "msvmamba_cpu::ms2d_branch: ", name, " must be a contiguous float32 CPU tensor");
+  TORCH_CHECK(t.sizes() == sizes, "msvmamba_cpu::ms2d_branch: ", name, " must have shape ",
+              sizes, ", got ", t.sizes());
+}
+
+void check_opt(const std::optional<at::Tensor>& t, const char* name, at::IntArrayRef sizes) {
+  if (t.has_value()) check_f32(*t, name, sizes);
+}
+
+std::tuple<at::Tensor, at::Tensor> ms2d_branch(
+    const at::Tensor& x, bool silu, const std::optional<at::Tensor>& order,
+    const at::Tensor& x_proj_weight, const at::Tensor& dt_proj_weight,
+    const at::Tensor& dt_bias, const at::Tensor& A, const std::optional<at::Tensor>& D,
+    const std::optional<at::Tensor>& norm_weight, const std::optional<at::Tensor>& norm_bias,
+    double eps, int64_t H, int64_t W, const std::optional<at::Tensor>& low, bool nearest,
+    const std::optional<at::Tensor>& post_weight, const std::optional<at::Tensor>& post_bias,
+    const std::optional<at::Tensor>& z, bool pool) {
+  TORCH_CHECK(x.dim() == 3, "msvmamba_cpu::ms2d_branch: x must be (B, H*W, E)");
+  const int64_t Bt = x.size(0), P = x.size(1), E = x.size(2);
+  TORCH_CHECK(P == H * W, "msvmamba_cpu::ms2d_branch: x has ", P, " positions, H*W = ", H * W);
+  TORCH_CHECK(A.dim() == 2 && A.size(0) == E, "msvmamba_cpu::ms2d_branch: A must be (E, N)");
+  const int64_t N = A.size(1);
+  TORCH_CHECK(dt_proj_weight.dim() == 2 && dt_proj_weight.size(0) == E,
+              "msvmamba_cpu::ms2d_branch: dt_proj_weight must be (E, R)");
+  const int64_t R = dt_proj_weight.size(1);
+  check_f32(x, "x", {Bt, P, E});
+  check_f32(x_proj_weight, "x_proj_weight", {R + 2 * N, E});
+  check_f32(dt_proj_weight, "dt_proj_weight", {E, R});
+  check_f32(dt_bias, "dt_bias", {E});
+  check_f32(A, "A", {E, N});
+  check_opt(D, "D", {E});
+  check_opt(norm_weight, "norm_weight", {E});
+  check_opt(norm_bias, "norm_bias", {E});
+  check_opt(post_weight, "post_weight", {E});
+  check_opt(post_bias, "post_bias", {E});
+  check_opt(z, "z", {Bt, P, E});
+  TORCH_CHECK(norm_weight.has_value() == norm_bias.has_value() &&
+                  post_weight.has_value() == post_bias.has_value(),
+              "msvmamba_cpu::ms2d_branch: give LayerNorm weight and bias together");
+  int64_t K = 1;
+  if (order.has_value()) {
+    TORCH_CHECK(order->device().is_cpu() && order->scalar_type() == at::kLong &&
+                    order->is_contiguous() && order->dim() == 1 && P > 0 &&
+                    order->numel() % P == 0,
+                "msvmamba_cpu::ms2d_branch: order must be a contiguous int64 (K*H*W,) tensor");
+    K = order->numel() / P;
+    // Every direction must visit every position once: the first writes, the others add.
+    const int64_t* o = order->const_data_ptr<int64_t>();
+    std::vector<char> seen(static_cast<size_t>(P));
+    for (int64_t k = 0; k < K; ++k) {
+      std::fill(seen.begin(), seen.end(), 0);
+      for (int64_t s = 0; s < P; ++s) {
+        const int64_t p = o[k * P + s];
+        TORCH_CHECK(p >= 0 && p < P && !seen[p],
+                    "msvmamba_cpu::ms2d_branch: order must hold K permutations of 0..H*W-1");
+        seen[p] = 1;
+      }
+    }
+  }
+  const bool epilogue = low.has_value() || post_weight.has_value() || z.has_value() || pool;
+  TORCH_CHECK(!epilogue || K == 1,
+              "msvmamba_cpu::ms2d_branch: the epilogue (low, post norm, z, pool) needs one "
+              "scan direction");
+  int64_t lh = 0, lw = 0;
+  if (low.has_value()) {
+    TORCH_CHECK(low->dim() == 4 && low->size(0) == Bt && low->size(3) == E,
+                "msvmamba_cpu::ms2d_branch: low must be (B, h, w, E)");
+    lh = low->size(1);
+    lw = low->size(2);
+    check_f32(*low, "low", {Bt, lh, lw, E});
+  }
+  at::Tensor out = empty_cached({Bt, P, E}, x.options());
+  at::Tensor pooled = at::empty({pool ? Bt : 0, E}, x.options());
+  if (Bt == 0 || P == 0 || E == 0) {
+    pooled.zero_();
+    return {out, pooled};
+  }
+  // An empty low-res map (lh or lw 0) would leave nothing to upsample.
+  TORCH_CHECK(!low.has_value() || (lh > 0 && lw > 0),
+              "msvmamba_cpu::ms2d_branch: low is empty");
+  std::vector<int64_t> up_idx(static_cast<size_t>(2 * (H + W)));
+  std::vector<float> up_wt(static_cast<size_t>(2 * (H + W)));
+  if (low.has_value()) {
+    upsample_table(lh, H, nearest, up_idx.data(), up_wt.data());
+    upsample_table(lw, W, nearest, up_idx.data() + 2 * H, up_wt.data() + 2 * H);
+  }
+  // Weights transposed and zero-padded to whole vectors of 16 lanes.
+  const int64_t EP = (E + kLanes - 1) / kLanes * kLanes;
+  const int64_t JP = (R + 2 * N + kLanes - 1) / kLanes * kLanes;
+  const auto f32 = x.options();
+  at::Tensor wx_t = at::zeros({EP, JP}, f32);
+  wx_t.narrow(0, 0, E).narrow(1, 0, R + 2 * N).copy_(x_proj_weight.t());
+  at::Tensor wdt_t = at::zeros({R, EP}, f32);
+  wdt_t.narrow(1, 0, E).copy_(dt_proj_weight.t());
+  at::Tensor A_t = at::zeros({N, EP}, f32);
+  A_t.narrow(1, 0, E).copy_(A.t());
+  at::Tensor bias_p = at::zeros({EP}, f32), D_p = at::zeros({EP}, f32);
+  bias_p.narrow(0, 0, E).copy_(dt_bias);
+  if (D.has_value()) D_p.narrow(0, 0, E).copy_(*D);
+  Ms2dArgs args{};
+  args.x = x.const_data_ptr<float>();
+  args.silu = silu;
+  args.order = order.has_value() ? order->const_data_ptr<int64_t>() : nullptr;
+  args.batch = Bt;
+  args.P = P;
+  args.E = E;
+  args.K = K;
+  args.R = R;
+  args.N = N;
+  args.EP = EP;
+  args.JP = JP;
+  args.wx_t = wx_t.const_data_ptr<float>();
+  args.wdt_t = wdt_t.const_data_ptr<float>();
+  args.bias = bias_p.const_data_ptr<float>();
+  args.A_t = A_t.const_data_ptr<float>();
+  args.D = D_p.const_data_ptr<float>();
+  args.norm_w = norm_weight.has_value() ? norm_weight->const_data_ptr<float>() : nullptr;
+  args.norm_b = norm_bias.has_value() ? norm_bias->const_data_ptr<float>() : nullptr;
+  args.eps = static_cast<float>(eps);
+  args.low = low.has_value() ? low->const_data_ptr<float>() : nullptr;
+  args.lh = lh;
+  args.lw = lw;
+  args.W = W;
+  args.H = H;
+  args.nearest = nearest;
+  args.up_idx = up_idx.data();
+  args.up_wt = up_wt.data();
+  args.post_w = post_weight.has_value() ? post_weight->const_data_ptr<float>() : nullptr;
+  args.post_b = post_bias.has_value() ? post_bias->const_data_ptr<float>() : nullptr;
+  args.z = z.has_value() ? z->const_data_ptr<float>() : nullptr;
+  args.pool = pool ? pooled.data_ptr<float>() : nullptr;
+  args.out = out.data_ptr<float>();
+  // About 16 KB of inputs per tile (at least one projection block): the tile's rows stay
+  // in L1 between the passes.
+  args.tile = std::max<int64_t>(1, std::min<int64_t>(32, 4096 / EP) / kTB) * kTB;
+  run_tasks<Ms2dKernel>(detect_isa(), args, Bt, Bt * K * P * E * (2 * R + 2 * N + 8));
+  return {out, pooled};
+}
+
+}  // namespace
+}  // namespace msv
+
+TORCH_LIBRARY_FRAGMENT(msvmamba_cpu, m) {
+  m.def(
+      "ms2d_branch(Tensor x, bool silu, Tensor? order, Tensor x_proj_weight, "
+      "Tensor dt_proj_weight, Tensor dt_bias, Tensor A, Tensor? D, Tensor? norm_weight, "
+      "Tensor? norm_bias, float eps, int H, int W, Tensor? low, bool nearest, "
+      "Tensor? post_weight, Tensor? post_bias, Tensor? z, bool pool) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(msvmamba_cpu, CPU, m) { m.impl("ms2d_branch", &msv::ms2d_branch); }

@@ -1,0 +1,146 @@
+"""The fused CPU inference pass of the MSVMamba token mixer (msvmamba_cpu::ms2d_branch)
+against the unfused ops it replaces (the autograd path of MultiScaleSS2D)."""
+import pytest
+import torch
+
+from msvmamba_ops import cpu_fused
+
+pytestmark = pytest.mark.skipif(not cpu_fused.is_available(),
+                                reason='the cpu extension (fused pass) is not built')
+
+from projects.msvmamba.msvmamba import MultiScaleSS2D  # noqa: E402
+
+MASTER = dict(gate=True, out_norm='per_branch', upsample='bilinear', low_res_group=0)
+V3 = dict(gate=False, out_norm='merged', upsample='nearest', low_res_group=1)
+V3_GATED = dict(V3, gate=True)
+
+
+def randomised(module: MultiScaleSS2D, seed: int = 0) -> MultiScaleSS2D:
+    """Perturb every parameter (norm weights/biases, D, A included) so that no term of the
+    math is trivially 1 or 0."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return module.eval()
+
+
+def both_paths(module, x, monkeypatch):
+    """(fused, unfused) outputs of module(x); asserts the fused op really ran."""
+    calls = []
+    op = cpu_fused.ms2d_branch
+    monkeypatch.setattr(cpu_fused, 'ms2d_branch', lambda *a, **k: calls.append(1) or op(*a, **k))
+    with torch.no_grad():
+        monkeypatch.setenv(cpu_fused.ENV_FUSED, '0')
+        unfused = module(x)
+        assert not calls
+        monkeypatch.setenv(cpu_fused.ENV_FUSED, '1')
+        fused = module(x)
+    assert len(calls) == 2  # one call per branch
+    return fused, unfused
+
+
+def assert_close(actual, expected, rtol=2e-5):
+    err = ((actual - expected).abs().max() / expected.abs().max()).item()
+    assert err <= rtol, f'relative error {err:.2e}'
+
+
+@pytest.mark.parametrize('cfg, channels, d_state, size, batch', [
+    (MASTER, 32, 1, (14, 14), 2),
+    (MASTER, 20, 1, (15, 9), 1),    # E = 40: not a whole number of 16-float vectors
+    (MASTER, 48, 4, (8, 11), 3),    # general N
+    (V3, 32, 1, (13, 13), 2),
+    (V3_GATED, 24, 2, (7, 10), 2),
+    (dict(MASTER, se_reduction=0), 32, 1, (9, 9), 2),
+    (MASTER, 32, 1, (1, 1), 2),     # 1x1 map: low res also 1x1
+    (MASTER, 64, 1, (40, 3), 1),    # many steps, more than one projection tile
+])
+def test_fused_matches_unfused(cfg, channels, d_state, size, batch, monkeypatch):
+    torch.manual_seed(0)
+    module = randomised(MultiScaleSS2D(channels, d_state=d_state, **cfg))
+    x = torch.randn(batch, *size, channels)
+    fused, unfused = both_paths(module, x, monkeypatch)
+    assert fused.shape == unfused.shape == x.shape
+    assert_close(fused, unfused)
+
+
+def test_squeeze_excite_folding_both_ways(monkeypatch):
+    """The SE scale goes into a per-image weight when C < H*W, else onto y: both agree."""
+    torch.manual_seed(0)
+    module = randomised(MultiScaleSS2D(32))
+    for size in [(8, 8), (4, 4)]:  # 64 > 32 positions: fold into weight; 16: scale y
+        fused, unfused = both_paths(module, torch.randn(2, *size, 32), monkeypatch)
+        assert_close(fused, unfused)
+
+
+def test_multi_direction_full_res_split_uses_unfused_path(monkeypatch):
+    """ms_split (2, 2) scans two directions at full resolution: the fused epilogue needs
+    one, so the module keeps the unfused ops (and still works)."""
+    module = randomised(MultiScaleSS2D(16, ms_split=(2, 2)))
+    calls = []
+    monkeypatch.setattr(cpu_fused, 'ms2d_branch', lambda *a, **k: calls.append(1))
+    with torch.no_grad():
+        out = module(torch.randn(1, 6, 6, 16))
+    assert not calls and out.shape == (1, 6, 6, 16)
+
+
+def test_training_uses_autograd_path_and_frozen_module_fuses(monkeypatch):
+    module = randomised(MultiScaleSS2D(16))
+    x = torch.randn(1, 6, 6, 16)
+    calls = []
+    op = cpu_fused.ms2d_branch
+    monkeypatch.setattr(cpu_fused, 'ms2d_branch', lambda *a, **k: calls.append(1) or op(*a, **k))
+    module(x).sum().backward()  # parameters need gradients: unfused
+    assert not calls and module.x_proj_weight.grad is not None
+    module.requires_grad_(False)
+    module(x)  # grad mode on, but nothing needs a gradient (frozen stages): fused
+    assert calls
+    calls.clear()
+    module(x.requires_grad_()).sum().backward()  # the input needs one: unfused
+    assert not calls and x.grad is not None
+
+
+def test_non_float32_inputs_use_unfused_path(monkeypatch):
+    module = randomised(MultiScaleSS2D(16)).double()
+    calls = []
+    monkeypatch.setattr(cpu_fused, 'ms2d_branch', lambda *a, **k: calls.append(1))
+    with torch.no_grad():
+        module(torch.randn(1, 5, 5, 16, dtype=torch.float64))
+    assert not calls
+
+
+def test_forced_scan_backend_disables_the_fused_pass(monkeypatch):
+    """MSVMAMBA_SCAN_BACKEND=reference asks for the reference scan: the fused pass (which
+    has its own scan) steps aside."""
+    monkeypatch.setenv('MSVMAMBA_SCAN_BACKEND', 'reference')
+    assert not cpu_fused.is_available()
+    monkeypatch.setenv('MSVMAMBA_SCAN_BACKEND', 'cpu')
+    assert cpu_fused.is_available()
+
+
+def branch_inputs(E=16, R=2, N=1, P=12):
+    return dict(x=torch.randn(2, P, E), order=None, x_proj_weight=torch.randn(R + 2 * N, E),
+                dt_proj_weight=torch.randn(E, R), dt_bias=torch.randn(E),
+                A=-torch.rand(E, N), D=torch.randn(E), norm=None, eps=1e-5, size=(3, 4))
+
+
+def test_nan_input_propagates():
+    args = branch_inputs()
+    args['x'][1, 5, 3] = float('nan')
+    out, _ = cpu_fused.ms2d_branch(**args)
+    assert torch.isfinite(out[0]).all()
+    assert out[1, 5:].isnan().all() and torch.isfinite(out[1, :5]).all()
+
+
+def test_branch_op_errors_name_the_problem():
+    args = branch_inputs()
+    with pytest.raises(RuntimeError, match='x has 12 positions, H\\*W = 16'):
+        cpu_fused.ms2d_branch(**dict(args, size=(4, 4)))
+    with pytest.raises(RuntimeError, match='order must hold K permutations'):
+        cpu_fused.ms2d_branch(**dict(args, order=torch.zeros(24, dtype=torch.long)))
+    with pytest.raises(RuntimeError, match='epilogue .* needs one scan direction'):
+        cpu_fused.ms2d_branch(**dict(args, order=torch.arange(12).repeat(2), pool=True))
+    with pytest.raises(RuntimeError, match='x must be a contiguous float32 CPU tensor'):
+        cpu_fused.ms2d_branch(**dict(args, x=args['x'].double()))
+    with pytest.raises(RuntimeError, match='D must have shape'):
+        cpu_fused.ms2d_branch(**dict(args, D=torch.randn(15)))
