@@ -39,6 +39,10 @@ def is_available() -> bool:
 
 
 def ms2d_branch(x: Tensor,
+                conv_weight: Tensor,
+                conv_bias: Optional[Tensor],
+                stride: int,
+                padding: int,
                 order: Optional[Tensor],
                 x_proj_weight: Tensor,
                 dt_proj_weight: Tensor,
@@ -47,7 +51,6 @@ def ms2d_branch(x: Tensor,
                 D: Optional[Tensor],
                 norm: Optional[Tuple[Tensor, Tensor]],
                 eps: float,
-                size: Tuple[int, int],
                 silu: bool = True,
                 low: Optional[Tensor] = None,
                 nearest: bool = False,
@@ -57,8 +60,9 @@ def ms2d_branch(x: Tensor,
     """One branch of MultiScaleSS2D, forward only, float32 CPU tensors.
 
     Args:
-        x: (B, H*W, E) branch input, token-major (a channels_last conv output's
-            ``permute(0, 2, 3, 1)`` is one without a copy).
+        x: (B, Hin, Win, E) channel-last map before the branch's depthwise conv.
+        conv_weight, conv_bias, stride, padding: the depthwise conv ((E, 1, k, k) weight,
+            (E,) bias or None, zero padding); its output map is (H, W).
         order: (K*H*W,) int64, the map position of each scan step (K directions, each a
             permutation of the positions), or None: one row-major direction.
         x_proj_weight: (R + 2N, E); dt_proj_weight: (E, R); dt_bias: (E,);
@@ -66,8 +70,7 @@ def ms2d_branch(x: Tensor,
         norm: (weight, bias) of a LayerNorm applied to each step's output before the
             directions are merged (master's per-branch out_norm), or None.
         eps: LayerNorm epsilon (both norms).
-        size: (H, W) of the map.
-        silu: apply SiLU to x as it is read.
+        silu: apply SiLU to the conv output.
         low, nearest, post_norm, z, pool: the full-resolution epilogue (one direction only):
             add ``low`` (B, h, w, E) upsampled to (H, W) (bilinear, align_corners=False, or
             nearest), then LayerNorm ``post_norm`` (v3's merged out_norm), sum the result
@@ -80,9 +83,10 @@ def ms2d_branch(x: Tensor,
     """
     nw, nb = norm if norm is not None else (None, None)
     pw, pb = post_norm if post_norm is not None else (None, None)
-    out, pooled = cpu_scan.ops().ms2d_branch(x, silu, order, x_proj_weight, dt_proj_weight,
-                                             dt_bias, A, D, nw, nb, float(eps), size[0],
-                                             size[1], low, nearest, pw, pb, z, pool)
+    out, pooled = cpu_scan.ops().ms2d_branch(x, conv_weight, conv_bias, stride, padding, silu,
+                                             order, x_proj_weight, dt_proj_weight, dt_bias, A,
+                                             D, nw, nb, float(eps), low, nearest, pw, pb, z,
+                                             pool)
     return out, (pooled if pool else None)
 
 

@@ -426,24 +426,26 @@ class MultiScaleSS2D(nn.Module):
                 and cpu_fused.is_available())
 
     def _forward_fused(self, x_in: torch.Tensor, z: Optional[torch.Tensor]) -> torch.Tensor:
-        """The branches after in_proj with two fused ops (same math as :meth:`forward`).
-        x_in: (B, E, H, W) channels_last view; z: (B, H, W, E) or None."""
-        batch, inner, H, W = x_in.shape
-        # Conv outputs before SiLU (the op applies it as it reads them), as token-major
-        # (B, positions, E) views of their channels_last memory (a copy only otherwise).
-        x_full = self.conv2d(x_in).permute(0, 2, 3, 1).reshape(batch, H * W, inner)
-        x_low = self.conv2d_b1(x_in)
-        h, w = x_low.shape[2:]
-        x_low = x_low.permute(0, 2, 3, 1).reshape(batch, h * w, inner)
+        """Everything between in_proj and out_proj in two fused ops (same math as
+        :meth:`forward`). x_in, z: (B, H, W, E) (z None without the gate)."""
+        batch, H, W, inner = x_in.shape
         norm = (self.out_norm.weight, self.out_norm.bias)
         per_branch = self.out_norm_mode == 'per_branch'
+
+        def conv(m: nn.Conv2d) -> dict:
+            return dict(conv_weight=m.weight, conv_bias=m.bias, stride=m.stride[0],
+                        padding=m.padding[0])
+
+        low_conv = conv(self.conv2d_b1)
+        h, w = [(n + 2 * low_conv['padding'] - self.conv2d_b1.kernel_size[0]) //
+                low_conv['stride'] + 1 for n in (H, W)]
         order, _ = _scan_indices(h, w, self.low_directions, x_in.device)
         y_low, _ = cpu_fused.ms2d_branch(
-            x_low, order, **self._ssm_params(self.low_res_group),
-            norm=norm if per_branch else None, eps=self.out_norm.eps, size=(h, w))
+            x_in, **low_conv, order=order, **self._ssm_params(self.low_res_group),
+            norm=norm if per_branch else None, eps=self.out_norm.eps)
         y, pooled = cpu_fused.ms2d_branch(
-            x_full, None, **self._ssm_params(self.full_res_group),
-            norm=norm if per_branch else None, eps=self.out_norm.eps, size=(H, W),
+            x_in, **conv(self.conv2d), order=None, **self._ssm_params(self.full_res_group),
+            norm=norm if per_branch else None, eps=self.out_norm.eps,
             low=y_low.view(batch, h, w, inner), nearest=self.upsample_mode == 'nearest',
             post_norm=None if per_branch else norm,
             z=None if z is None else z.reshape(batch, H * W, inner), pool=self.se is not None)
@@ -467,10 +469,10 @@ class MultiScaleSS2D(nn.Module):
         # is the faster depthwise-conv layout on CPU).
         x_in = F.linear(x, self.in_proj.weight[:inner])
         z = F.linear(x, self.in_proj.weight[inner:]) if self.gate else None
-        act_dtype = x_in.dtype
-        x_in = x_in.permute(0, 3, 1, 2)
         if self._can_fuse(x_in):
             return self._forward_fused(x_in, z)
+        act_dtype = x_in.dtype
+        x_in = x_in.permute(0, 3, 1, 2)
         x_full = _silu_(self.conv2d(x_in))
         # The low-res map comes from the same pre-conv input, in parallel with conv2d.
         x_low = _silu_(self.conv2d_b1(x_in))

@@ -118,15 +118,20 @@ def test_forced_scan_backend_disables_the_fused_pass(monkeypatch):
     assert cpu_fused.is_available()
 
 
-def branch_inputs(E=16, R=2, N=1, P=12):
-    return dict(x=torch.randn(2, P, E), order=None, x_proj_weight=torch.randn(R + 2 * N, E),
-                dt_proj_weight=torch.randn(E, R), dt_bias=torch.randn(E),
-                A=-torch.rand(E, N), D=torch.randn(E), norm=None, eps=1e-5, size=(3, 4))
+def branch_inputs(E=16, R=2, N=1):
+    """A 3x4 map through a 1x1 conv: scan step s reads map position s."""
+    return dict(x=torch.randn(2, 3, 4, E), conv_weight=torch.randn(E, 1, 1, 1),
+                conv_bias=torch.randn(E), stride=1, padding=0, order=None,
+                x_proj_weight=torch.randn(R + 2 * N, E), dt_proj_weight=torch.randn(E, R),
+                dt_bias=torch.randn(E), A=-torch.rand(E, N), D=torch.randn(E), norm=None,
+                eps=1e-5)
 
 
 def test_nan_input_propagates():
+    """A NaN reaches its own step and, through the state, every later one; nothing before
+    it and nothing in other images."""
     args = branch_inputs()
-    args['x'][1, 5, 3] = float('nan')
+    args['x'][1, 1, 1, 3] = float('nan')  # map position 5
     out, _ = cpu_fused.ms2d_branch(**args)
     assert torch.isfinite(out[0]).all()
     assert out[1, 5:].isnan().all() and torch.isfinite(out[1, :5]).all()
@@ -134,8 +139,10 @@ def test_nan_input_propagates():
 
 def test_branch_op_errors_name_the_problem():
     args = branch_inputs()
-    with pytest.raises(RuntimeError, match='x has 12 positions, H\\*W = 16'):
-        cpu_fused.ms2d_branch(**dict(args, size=(4, 4)))
+    with pytest.raises(RuntimeError, match='is smaller than the 7x7 conv with padding 0'):
+        cpu_fused.ms2d_branch(**dict(args, conv_weight=torch.randn(16, 1, 7, 7)))
+    with pytest.raises(RuntimeError, match='conv_weight must be a depthwise'):
+        cpu_fused.ms2d_branch(**dict(args, conv_weight=torch.randn(16, 2, 1, 1)))
     with pytest.raises(RuntimeError, match='order must hold K permutations'):
         cpu_fused.ms2d_branch(**dict(args, order=torch.zeros(24, dtype=torch.long)))
     with pytest.raises(RuntimeError, match='epilogue .* needs one scan direction'):

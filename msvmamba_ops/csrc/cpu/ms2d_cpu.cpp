@@ -1,15 +1,17 @@
 // Fused inference pass of one MultiScaleSS2D branch (projects/msvmamba), float32, CPU.
 //
-// The autograd path of the backbone runs a branch as separate ops: a copy of the token-major
-// map into channel-major (E, L) sequences (a gather for the multi-direction low-res branch),
-// the x projection and the dt projection as batched matmuls, the selective scan, a
-// transposed LayerNorm, a gather + sum that merges the directions, and elementwise passes for
-// the upsampled sum, the squeeze-excite pooling and the SiLU gate. Each of them streams the
-// whole (E x L) activation through memory. Here one pass per scan step does all of it while
-// the step's E channels sit in L1:
+// The autograd path of the backbone runs a branch as separate ops: a depthwise conv, SiLU, a
+// copy of the token-major map into channel-major (E, L) sequences (a gather for the
+// multi-direction low-res branch), the x projection and the dt projection as batched matmuls,
+// the selective scan, a transposed LayerNorm, a gather + sum that merges the directions, and
+// elementwise passes for the upsampled sum, the squeeze-excite pooling and the SiLU gate.
+// Each of them streams the whole (E x L) activation through memory. Here one pass per scan
+// step does all of it while the step's E channels sit in L1:
 //
-//   u = act(x[tok])                      tok = order[s] (the map position of scan step s),
-//                                        act = SiLU of the depthwise-conv output, or identity
+//   u = act(dwconv(x)[tok] + conv_bias)  tok = order[s] (the map position of scan step s);
+//                                        act = SiLU or identity; x is the (Hin, Win) map
+//                                        before the branch's depthwise conv (k x k, stride,
+//                                        zero padding), which is computed here too
 //   (dt, B, C) = W_x u                   R + 2N dot products over E
 //   delta = softplus(W_dt dt + bias)     vectorised over E
 //   h = exp(delta A) h + delta B u,  y = C h + D u   (the recurrence, vectorised over E:
@@ -25,7 +27,9 @@
 //   pool += y                            squeeze-excite sums (the caller divides)
 //   y *= SiLU(z[tok])                    output gate, optional
 //
-// Tasks are batch items (one scan per item; the state lives in registers/L1). Exposed as
+// Tasks are batch items (one scan per item; the state lives in registers/L1). A branch with
+// several directions first computes its whole activated map (per thread, L2-sized), the
+// one-direction branch computes each tile's inputs as it goes. Exposed as
 // msvmamba_cpu::ms2d_branch (see TORCH_LIBRARY_FRAGMENT below); msvmamba_ops/cpu_fused.py
 // documents the arguments and tests/ops/test_cpu_fused.py checks it against the unfused ops.
 #include "cpu_common.h"
@@ -35,8 +39,12 @@ namespace {
 
 struct Ms2dArgs {
   using acc_t = float;
-  const float* x;        // (Bt, P, E) branch input, token-major
-  bool silu;             // apply SiLU to x when loading it
+  const float* x;        // (Bt, Hin, Win, E) map before the depthwise conv
+  int64_t Hin, Win;
+  const float* conv_w;   // (k * k, EP) depthwise conv taps, transposed
+  const float* conv_b;   // (EP) conv bias (zeros when there is none)
+  int64_t ksize, stride, pad;
+  bool silu;             // apply SiLU after the conv
   const int64_t* order;  // (K * P) map position of each scan step; null: K = 1, identity
   int64_t batch, P, E, K, R, N;
   int64_t EP, JP;       // E and R + 2N rounded up to multiples of 16 (zero padding)
@@ -50,11 +58,11 @@ struct Ms2dArgs {
   float eps;
   // Full-resolution epilogue (K == 1 only); low == null: plain branch output.
   const float* low;  // (Bt, lh * lw, E) merged low-res branch output
-  int64_t lh, lw, W;
+  int64_t lh, lw;
   bool nearest;
   const int64_t* up_idx;  // rows: (H, 2) source rows; then cols: (W, 2) source cols
   const float* up_wt;     // the matching weights
-  int64_t H;
+  int64_t H, W;           // the branch's map (after the conv), P = H * W
   const float* post_w;  // (E) merged LayerNorm or null
   const float* post_b;
   const float* z;  // (Bt, P, E) gate pre-activation or null
@@ -133,6 +141,31 @@ MSV_INLINE void layer_norm_(float* __restrict y, int64_t E, const float* __restr
   for (int64_t e = 0; e < E; ++e) y[e] = (y[e] - mean) * rstd * w[e] + b[e];
 }
 
+// dst[0:EP] = act(bias + sum over the taps inside the map of w[tap] * x[pixel]) at map
+// position tok (zero padding: taps outside the input are skipped).
+MSV_INLINE void conv_at(const Ms2dArgs& a, const float* __restrict xb, int64_t tok,
+                        float* __restrict dst) {
+  const int64_t EP = a.EP, E = a.E, k = a.ksize;
+  const int64_t i0 = (tok / a.W) * a.stride - a.pad, j0 = (tok % a.W) * a.stride - a.pad;
+  std::copy(a.conv_b, a.conv_b + EP, dst);
+  for (int64_t di = 0; di < k; ++di) {
+    const int64_t ii = i0 + di;
+    if (ii < 0 || ii >= a.Hin) continue;
+    for (int64_t dj = 0; dj < k; ++dj) {
+      const int64_t jj = j0 + dj;
+      if (jj < 0 || jj >= a.Win) continue;
+      const float* __restrict src = xb + (ii * a.Win + jj) * E;
+      const float* __restrict w = a.conv_w + (di * k + dj) * EP;
+#pragma omp simd
+      for (int64_t e = 0; e < E; ++e) dst[e] += w[e] * src[e];
+    }
+  }
+  if (a.silu) {
+#pragma omp simd
+    for (int64_t e = 0; e < E; ++e) dst[e] = silu_(dst[e]);
+  }
+}
+
 template <int kN, typename Next>
 MSV_INLINE void ms2d_tasks(const Ms2dArgs& a, const Next& next) {
   // Rows of E channels are padded to EP (a multiple of 16) in the buffers; the padding
@@ -140,6 +173,9 @@ MSV_INLINE void ms2d_tasks(const Ms2dArgs& a, const Next& next) {
   // never written out. (dt, B, C) rows are padded to JP.
   const int64_t E = a.E, EP = a.EP, R = a.R, N = kN > 0 ? kN : a.N, JP = a.JP, T = a.tile;
   const int64_t steps = a.K * a.P;
+  // several directions: the branch's activated map, computed once per batch item
+  const bool whole_map = a.K > 1;
+  std::vector<float> map(whole_map ? static_cast<size_t>(a.P * EP) : 0);
   std::vector<float> buf(static_cast<size_t>(2 * T * EP + T * JP + N * EP + EP), 0.f);
   float* u = buf.data();   // (T, EP) activated inputs of the tile
   float* dl = u + T * EP;  // (T, EP) delta of the tile
@@ -147,8 +183,11 @@ MSV_INLINE void ms2d_tasks(const Ms2dArgs& a, const Next& next) {
   float* h = xd + T * JP;  // (N, EP) states
   float* y = h + N * EP;   // (EP) output of the current step
   for (int64_t b = next(); b >= 0; b = next()) {
-    const float* xb = a.x + b * a.P * E;
+    const float* xb = a.x + b * a.Hin * a.Win * E;
     float* ob = a.out + b * a.P * E;
+    if (whole_map) {
+      for (int64_t p = 0; p < a.P; ++p) conv_at(a, xb, p, map.data() + p * EP);
+    }
     float* pool = a.pool ? a.pool + b * E : nullptr;
     if (pool) std::fill(pool, pool + E, 0.f);
     std::fill(h, h + N * EP, 0.f);
@@ -158,13 +197,11 @@ MSV_INLINE void ms2d_tasks(const Ms2dArgs& a, const Next& next) {
       // 1. inputs of the tile, activated
       for (int64_t t = 0; t < nt; ++t) {
         const int64_t tok = a.order ? a.order[s0 + t] : s0 + t;
-        const float* src = xb + tok * E;
-        float* dst = u + t * EP;
-        if (a.silu) {
-#pragma omp simd
-          for (int64_t e = 0; e < E; ++e) dst[e] = silu_(src[e]);
+        if (whole_map) {
+          const float* src = map.data() + tok * EP;
+          std::copy(src, src + EP, u + t * EP);
         } else {
-          std::copy(src, src + E, dst);
+          conv_at(a, xb, tok, u + t * EP);
         }
       }
       // 2. x projection: (dt, B, C) = u W_x^T, 3. delta = softplus(dt W_dt^T + bias)
@@ -303,22 +340,35 @@ void check_opt(const std::optional<at::Tensor>& t, const char* name, at::IntArra
 }
 
 std::tuple<at::Tensor, at::Tensor> ms2d_branch(
-    const at::Tensor& x, bool silu, const std::optional<at::Tensor>& order,
+    const at::Tensor& x, const at::Tensor& conv_weight, const std::optional<at::Tensor>& conv_bias,
+    int64_t stride, int64_t padding, bool silu, const std::optional<at::Tensor>& order,
     const at::Tensor& x_proj_weight, const at::Tensor& dt_proj_weight,
     const at::Tensor& dt_bias, const at::Tensor& A, const std::optional<at::Tensor>& D,
     const std::optional<at::Tensor>& norm_weight, const std::optional<at::Tensor>& norm_bias,
-    double eps, int64_t H, int64_t W, const std::optional<at::Tensor>& low, bool nearest,
+    double eps, const std::optional<at::Tensor>& low, bool nearest,
     const std::optional<at::Tensor>& post_weight, const std::optional<at::Tensor>& post_bias,
     const std::optional<at::Tensor>& z, bool pool) {
-  TORCH_CHECK(x.dim() == 3, "msvmamba_cpu::ms2d_branch: x must be (B, H*W, E)");
-  const int64_t Bt = x.size(0), P = x.size(1), E = x.size(2);
-  TORCH_CHECK(P == H * W, "msvmamba_cpu::ms2d_branch: x has ", P, " positions, H*W = ", H * W);
+  TORCH_CHECK(x.dim() == 4, "msvmamba_cpu::ms2d_branch: x must be (B, H, W, E)");
+  const int64_t Bt = x.size(0), Hin = x.size(1), Win = x.size(2), E = x.size(3);
+  TORCH_CHECK(conv_weight.dim() == 4 && conv_weight.size(0) == E && conv_weight.size(1) == 1 &&
+                  conv_weight.size(2) == conv_weight.size(3),
+              "msvmamba_cpu::ms2d_branch: conv_weight must be a depthwise (E, 1, k, k) kernel");
+  const int64_t ksize = conv_weight.size(2);
+  TORCH_CHECK(stride >= 1 && padding >= 0 && Hin + 2 * padding >= ksize &&
+                  Win + 2 * padding >= ksize,
+              "msvmamba_cpu::ms2d_branch: the map (", Hin, ", ", Win, ") is smaller than the ",
+              ksize, "x", ksize, " conv with padding ", padding);
+  const int64_t H = (Hin + 2 * padding - ksize) / stride + 1;
+  const int64_t W = (Win + 2 * padding - ksize) / stride + 1;
+  const int64_t P = H * W;
   TORCH_CHECK(A.dim() == 2 && A.size(0) == E, "msvmamba_cpu::ms2d_branch: A must be (E, N)");
   const int64_t N = A.size(1);
   TORCH_CHECK(dt_proj_weight.dim() == 2 && dt_proj_weight.size(0) == E,
               "msvmamba_cpu::ms2d_branch: dt_proj_weight must be (E, R)");
   const int64_t R = dt_proj_weight.size(1);
-  check_f32(x, "x", {Bt, P, E});
+  check_f32(x, "x", {Bt, Hin, Win, E});
+  check_f32(conv_weight, "conv_weight", {E, 1, ksize, ksize});
+  check_opt(conv_bias, "conv_bias", {E});
   check_f32(x_proj_weight, "x_proj_weight", {R + 2 * N, E});
   check_f32(dt_proj_weight, "dt_proj_weight", {E, R});
   check_f32(dt_bias, "dt_bias", {E});
@@ -392,8 +442,18 @@ std::tuple<at::Tensor, at::Tensor> ms2d_branch(
   at::Tensor bias_p = at::zeros({EP}, f32), D_p = at::zeros({EP}, f32);
   bias_p.narrow(0, 0, E).copy_(dt_bias);
   if (D.has_value()) D_p.narrow(0, 0, E).copy_(*D);
+  at::Tensor conv_w = at::zeros({ksize * ksize, EP}, f32), conv_b = at::zeros({EP}, f32);
+  conv_w.narrow(1, 0, E).copy_(conv_weight.view({E, ksize * ksize}).t());
+  if (conv_bias.has_value()) conv_b.narrow(0, 0, E).copy_(*conv_bias);
   Ms2dArgs args{};
   args.x = x.const_data_ptr<float>();
+  args.Hin = Hin;
+  args.Win = Win;
+  args.conv_w = conv_w.const_data_ptr<float>();
+  args.conv_b = conv_b.const_data_ptr<float>();
+  args.ksize = ksize;
+  args.stride = stride;
+  args.pad = padding;
   args.silu = silu;
   args.order = order.has_value() ? order->const_data_ptr<int64_t>() : nullptr;
   args.batch = Bt;
@@ -437,10 +497,11 @@ std::tuple<at::Tensor, at::Tensor> ms2d_branch(
 
 TORCH_LIBRARY_FRAGMENT(msvmamba_cpu, m) {
   m.def(
-      "ms2d_branch(Tensor x, bool silu, Tensor? order, Tensor x_proj_weight, "
-      "Tensor dt_proj_weight, Tensor dt_bias, Tensor A, Tensor? D, Tensor? norm_weight, "
-      "Tensor? norm_bias, float eps, int H, int W, Tensor? low, bool nearest, "
-      "Tensor? post_weight, Tensor? post_bias, Tensor? z, bool pool) -> (Tensor, Tensor)");
+      "ms2d_branch(Tensor x, Tensor conv_weight, Tensor? conv_bias, int stride, int padding, "
+      "bool silu, Tensor? order, Tensor x_proj_weight, Tensor dt_proj_weight, Tensor dt_bias, "
+      "Tensor A, Tensor? D, Tensor? norm_weight, Tensor? norm_bias, float eps, Tensor? low, "
+      "bool nearest, Tensor? post_weight, Tensor? post_bias, Tensor? z, bool pool) "
+      "-> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(msvmamba_cpu, CPU, m) { m.impl("ms2d_branch", &msv::ms2d_branch); }
