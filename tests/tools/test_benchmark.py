@@ -3,11 +3,20 @@ import importlib.util
 import os.path as osp
 import re
 
+import pytest
+
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOOL = osp.join(REPO, 'tools', 'analysis_tools', 'benchmark.py')
 
 
-def test_benchmark_reports_throughput_and_scan_share(capsys):
+@pytest.mark.parametrize('fused', ['1', '0'])
+def test_benchmark_reports_throughput_and_scan_share(capsys, monkeypatch, fused):
+    """With the fused CPU token mixer (eval default) its share is reported; without it
+    (MSVMAMBA_FUSED_CPU=0) the scan's own share."""
+    from msvmamba_ops import cpu_fused
+    monkeypatch.setenv(cpu_fused.ENV_FUSED, fused)
+    if fused == '1' and not cpu_fused.is_available():
+        pytest.skip('the cpu extension (fused pass) is not built')
     spec = importlib.util.spec_from_file_location('benchmark', TOOL)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
@@ -15,11 +24,17 @@ def test_benchmark_reports_throughput_and_scan_share(capsys):
                       '--warmup', '1', '--iters', '2']) == 0
     out = capsys.readouterr().out
     assert re.search(r'[\d.]+ img/s \(median', out), out
-    share = float(re.search(r'selective_scan share of forward time: ([\d.]+)%', out).group(1))
-    assert 0 < share < 100
-    # the timer wrapper is removed again
+    assert re.search(r'page faults per forward: \d+', out), out
+    share = float(re.search(r'selective_scan share of forward time .*: ([\d.]+)%', out).group(1))
+    fused_share = re.search(r'fused token-mixer op .* share of forward time: ([\d.]+)%', out)
+    if fused == '1':
+        assert share == 0 and 0 < float(fused_share.group(1)) < 100, out
+    else:
+        assert fused_share is None and 0 < share < 100, out
+    # the timer wrappers are removed again
     from projects.msvmamba import msvmamba
     assert not isinstance(msvmamba.selective_scan, tool.ScanTimer)
+    assert not isinstance(cpu_fused.ms2d_branch, tool.ScanTimer)
 
 
 def test_benchmark_takes_a_config(capsys):

@@ -11,9 +11,14 @@ With CONFIG, the config's model runs its 'tensor' forward (detectors, which need
 samples for that, run backbone + neck: ``extract_feat``); without, an ImageNet classifier
 of ``--arch``. Prints images/s (median over the timed iterations, after warm-up), peak
 memory (CUDA: peak allocated by torch; CPU: the process's peak resident set), the
-selective-scan backend in use and the fraction of the forward time spent inside
-``msvmamba_ops.selective_scan`` (timed in a separate pass with the scan wrapped by a timer:
-wall clock on CPU, CUDA events on GPU).
+selective-scan backend in use and the fraction of the forward time spent inside the scan
+(timed in a separate pass with the scan wrapped by a timer: wall clock on CPU, CUDA events on
+GPU). In eval on float32 CPU tensors the backbone runs each token mixer's branches as one
+fused op (``msvmamba_ops.cpu_fused``: depthwise conv, x/dt projections, scan, out_norm,
+direction merge, gate), which contains the scan; its share is reported as such. Set
+MSVMAMBA_FUSED_CPU=0 to time the unfused ops and see the scan's own share. On CPU it also
+prints the page faults per forward: fresh pages are what glibc's default heap trimming costs
+(``--tune-malloc``).
 
 On a shared machine compare variants by running them in one process, alternating, rather
 than across runs: the load changes from minute to minute.
@@ -22,10 +27,12 @@ import argparse
 import contextlib
 import ctypes
 import ctypes.util
+import os
 import os.path as osp
 import statistics
 import sys
 import time
+from typing import Tuple
 
 import torch
 import torch.nn as nn
@@ -36,7 +43,7 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
 from get_flops import ArchClassifier, TensorForward, build_from_config  # noqa: E402
 
-from msvmamba_ops import resolve_backend  # noqa: E402
+from msvmamba_ops import cpu_fused, resolve_backend  # noqa: E402
 from projects.msvmamba import msvmamba as msvmamba_module  # noqa: E402
 from projects.msvmamba.msvmamba import MSVMamba  # noqa: E402
 
@@ -158,19 +165,28 @@ class ScanTimer:
         return self.cpu_seconds + sum(s.elapsed_time(e) for s, e in self.events) / 1000
 
 
-def scan_share(model, inputs, args, iters: int) -> float:
-    """Fraction of forward time inside selective_scan, over ``iters`` forwards."""
-    original = msvmamba_module.selective_scan
-    timer = ScanTimer(original, args.device)
-    msvmamba_module.selective_scan = timer
+def scan_share(model, inputs, args, iters: int) -> Tuple[float, float]:
+    """Fractions of forward time inside selective_scan and inside the fused CPU token-mixer
+    op (msvmamba_ops.cpu_fused.ms2d_branch), over ``iters`` forwards."""
+    timers = {'scan': ScanTimer(msvmamba_module.selective_scan, args.device),
+              'fused': ScanTimer(cpu_fused.ms2d_branch, args.device)}
+    msvmamba_module.selective_scan, cpu_fused.ms2d_branch = timers['scan'], timers['fused']
     try:
         time_iterations(model, inputs, args, 1)  # warm the wrapped path
-        timer.cpu_seconds, timer.events = 0.0, []
+        for timer in timers.values():
+            timer.cpu_seconds, timer.events = 0.0, []
         total = sum(time_iterations(model, inputs, argparse.Namespace(**{
             **vars(args), 'warmup': 0}), iters))
-        return timer.seconds() / total
+        return timers['scan'].seconds() / total, timers['fused'].seconds() / total
     finally:
-        msvmamba_module.selective_scan = original
+        msvmamba_module.selective_scan = timers['scan'].scan
+        cpu_fused.ms2d_branch = timers['fused'].scan
+
+
+def page_faults() -> int:
+    """Minor page faults of this process so far (CPU: the cost of fresh memory)."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def stub_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False,
@@ -185,8 +201,10 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     malloc_tuned = args.tune_malloc and args.device == 'cpu' and tune_glibc_malloc()
     original_scan = msvmamba_module.selective_scan
+    fused_env = os.environ.get(cpu_fused.ENV_FUSED)
     if args.stub_scan:
         msvmamba_module.selective_scan = stub_scan
+        os.environ[cpu_fused.ENV_FUSED] = '0'  # the fused op has its own scan
         backend = 'stub (copy of u)'
     else:
         backend = resolve_backend(args.device, torch.float32)
@@ -194,10 +212,17 @@ def main(argv=None) -> int:
         torch.manual_seed(0)
         model = build_model(args)
         inputs = torch.randn(args.batch_size, 3, *args.shape, device=args.device)
+        faults = page_faults()
         times = time_iterations(model, inputs, args, args.iters)
-        share = scan_share(model, inputs, args, max(1, args.iters // 2))
+        faults = (page_faults() - faults) / (args.warmup + args.iters)
+        share, fused_share = scan_share(model, inputs, args, max(1, args.iters // 2))
     finally:
         msvmamba_module.selective_scan = original_scan
+        if args.stub_scan:
+            if fused_env is None:
+                os.environ.pop(cpu_fused.ENV_FUSED, None)
+            else:
+                os.environ[cpu_fused.ENV_FUSED] = fused_env
     median = statistics.median(times)
     what = args.config or f'arch {args.arch}'
     print(f'{what}, batch {args.batch_size}, shape {tuple(args.shape)}, '
@@ -207,7 +232,12 @@ def main(argv=None) -> int:
           f'{len(times)} iterations, min {min(times) * 1000:.1f} ms)')
     print(f'peak memory: {peak_memory_mib(args.device):.0f} MiB '
           f'({"torch max allocated" if args.device == "cuda" else "process peak RSS"})')
-    print(f'selective_scan share of forward time: {share * 100:.1f}%')
+    if args.device == 'cpu':
+        print(f'page faults per forward: {faults:.0f}')
+    if fused_share > 0:
+        print('fused token-mixer op (depthwise convs, x/dt projections, selective scan, '
+              f'out_norm, merge, gate) share of forward time: {fused_share * 100:.1f}%')
+    print(f'selective_scan share of forward time (calls outside the fused op): {share * 100:.1f}%')
     return 0
 
 
