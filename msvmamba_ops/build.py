@@ -69,11 +69,13 @@ class Extension:
 
 
 EXTENSIONS: Dict[str, Optional[Extension]] = {
-    # Fused CPU selective scan (forward + backward) and the fused inference pass of a
-    # MultiScaleSS2D branch; ops torch.ops.msvmamba_cpu.{fwd,bwd,isa,ms2d_branch}.
+    # Fused CPU selective scan (forward + backward) and the fused inference passes of the
+    # backbone's token mixer and ConvFFN; ops torch.ops.msvmamba_cpu.{fwd,bwd,isa,ms2d_branch,
+    # convffn_dwconv_gelu}.
     'cpu': Extension(
         module='msvmamba_cpu_scan',
-        sources=['csrc/cpu/selective_scan_cpu.cpp', 'csrc/cpu/ms2d_cpu.cpp'],
+        sources=['csrc/cpu/selective_scan_cpu.cpp', 'csrc/cpu/ms2d_cpu.cpp',
+                 'csrc/cpu/convffn_cpu.cpp'],
         headers=['csrc/cpu/cpu_common.h'],
         cflags=COMMON_CFLAGS + OPENMP_CFLAGS,
         ldflags=OPENMP_LDFLAGS,

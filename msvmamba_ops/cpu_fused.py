@@ -1,12 +1,14 @@
-"""Fused CPU inference pass of one MultiScaleSS2D branch: ``msvmamba_cpu::ms2d_branch``.
+"""Fused CPU inference passes of the MSVMamba block: ``msvmamba_cpu::ms2d_branch`` (a token
+mixer branch) and ``msvmamba_cpu::convffn_dwconv_gelu`` (the middle of the ConvFFN).
 
 The backbone's autograd path runs a branch of its token mixer as a chain of ops (layout copy
 or gather into channel-major sequences, x/dt projections as matmuls, :func:`selective_scan`,
 LayerNorm, a gather + sum merging the scan directions, upsampling, pooling and gating
 passes). When no gradient is needed, on float32 CPU tensors, the backbone calls this op
 instead: one pass per scan step over the step's E channels does all of that (the kernel's
-header comment, ``csrc/cpu/ms2d_cpu.cpp``, lists the math). Same results to float32 rounding;
-``tests/ops/test_cpu_fused.py`` checks the op against the unfused ops and
+header comment, ``csrc/cpu/ms2d_cpu.cpp``, lists the math); likewise for the ConvFFN's bias,
+depthwise conv, residual and GELU (``csrc/cpu/convffn_cpu.cpp``). Same results to float32
+rounding; ``tests/ops/test_cpu_fused.py`` checks the ops against the unfused ones and
 ``tests/backbone`` the whole backbone against the official reference outputs.
 
 The fused pass contains its own scan, so it is used only when the scan backend is left to
@@ -90,4 +92,31 @@ def ms2d_branch(x: Tensor,
     return out, (pooled if pool else None)
 
 
-__all__ = ['ms2d_branch', 'is_available', 'ENV_FUSED']
+def convffn_dwconv_gelu(h: Tensor, in_bias: Optional[Tensor], weight: Tensor,
+                        bias: Optional[Tensor]) -> Tensor:
+    """``GELU(t + dwconv(t) + bias)`` with ``t = h + in_bias``, forward only, float32 CPU.
+
+    Args:
+        h: (B, H, W, F) channel-last map (the ConvFFN's linear1 output without its bias).
+        in_bias: (F,) added to h first (linear1's bias), or None.
+        weight: (F, 1, k, k) depthwise kernel, k odd, stride 1, zero padding k // 2.
+        bias: (F,) conv bias or None.
+
+    Returns:
+        (B, H, W, F) float32; GELU is the exact (erf) form.
+    """
+    return cpu_scan.ops().convffn_dwconv_gelu(h, in_bias, weight, bias)
+
+
+def can_replace(module: torch.nn.Module, x: Tensor) -> bool:
+    """Whether a fused op may stand in for ``module``'s forward on ``x``: float32 CPU
+    tensors, no gradient needed, the op built and allowed (:func:`is_available`)."""
+    if x.device.type != 'cpu' or x.dtype != torch.float32:
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad
+                                    or any(p.requires_grad for p in module.parameters())):
+        return False
+    return is_available()
+
+
+__all__ = ['ms2d_branch', 'convffn_dwconv_gelu', 'can_replace', 'is_available', 'ENV_FUSED']

@@ -198,6 +198,11 @@ class ConvFFN(nn.Module):
         self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training and cpu_fused.can_replace(self, x):
+            # The bias, conv, residual and GELU in one fused pass (eval on CPU).
+            g = cpu_fused.convffn_dwconv_gelu(F.linear(x, self.linear1.weight.flatten(1)),
+                                              self.linear1.bias, self.dwc.weight, self.dwc.bias)
+            return F.linear(g, self.linear2.weight.flatten(1), self.linear2.bias)
         h = self.drop(F.linear(x, self.linear1.weight.flatten(1), self.linear1.bias))
         # The permuted views are channels_last tensors: the conv runs on them directly.
         # Its output is a fresh temporary that takes the sum.
@@ -417,13 +422,8 @@ class MultiScaleSS2D(nn.Module):
     def _can_fuse(self, x_in: torch.Tensor) -> bool:
         """Whether the fused CPU inference pass (msvmamba_ops.cpu_fused) can replace the
         branch ops: no gradient needed, float32 CPU tensors, one full-res direction."""
-        if x_in.device.type != 'cpu' or x_in.dtype != torch.float32:
-            return False
-        if torch.is_grad_enabled() and (x_in.requires_grad
-                                        or any(p.requires_grad for p in self.parameters())):
-            return False
         return (self.full_directions == ('row', ) and self.A_logs.dtype == torch.float32
-                and cpu_fused.is_available())
+                and cpu_fused.can_replace(self, x_in))
 
     def _forward_fused(self, x_in: torch.Tensor, z: Optional[torch.Tensor]) -> torch.Tensor:
         """Everything between in_proj and out_proj in two fused ops (same math as

@@ -2,6 +2,7 @@
 against the unfused ops it replaces (the autograd path of MultiScaleSS2D)."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from msvmamba_ops import cpu_fused
 
@@ -151,3 +152,48 @@ def test_branch_op_errors_name_the_problem():
         cpu_fused.ms2d_branch(**dict(args, x=args['x'].double()))
     with pytest.raises(RuntimeError, match='D must have shape'):
         cpu_fused.ms2d_branch(**dict(args, D=torch.randn(15)))
+
+
+@pytest.mark.parametrize('channels, hidden, size, batch', [
+    (32, 64, (9, 11), 2),
+    (20, 40, (5, 7), 1),   # 40 channels: a partial 16-float vector
+    (8, 200, (1, 1), 3),   # 1x1 map: every tap but the centre is padding
+    (16, 16, (2, 30), 1),
+])
+def test_convffn_fused_matches_unfused(channels, hidden, size, batch, monkeypatch):
+    from projects.msvmamba.msvmamba import ConvFFN
+    torch.manual_seed(0)
+    module = ConvFFN(channels, hidden)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    module.eval()
+    x = torch.randn(batch, *size, channels)
+    calls = []
+    op = cpu_fused.convffn_dwconv_gelu
+    monkeypatch.setattr(cpu_fused, 'convffn_dwconv_gelu',
+                        lambda *a: calls.append(1) or op(*a))
+    with torch.no_grad():
+        monkeypatch.setenv(cpu_fused.ENV_FUSED, '0')
+        unfused = module(x)
+        monkeypatch.setenv(cpu_fused.ENV_FUSED, '1')
+        fused = module(x)
+    assert len(calls) == 1
+    assert_close(fused, unfused)
+    # a 5x5 kernel: the op takes any odd size
+    h, w5, b5 = torch.randn(1, 6, 7, 24), torch.randn(24, 1, 5, 5), torch.randn(24)
+    bias = torch.randn(24)
+    t = (h + bias).permute(0, 3, 1, 2)
+    expected = F.gelu(t + F.conv2d(t, w5, b5, padding=2, groups=24)).permute(0, 2, 3, 1)
+    assert_close(op(h, bias, w5, b5), expected)
+
+
+def test_convffn_gelu_matches_torch_over_its_range():
+    """The op's erf-based GELU (1x1 zero kernel: GELU(h)) against torch's, tails included;
+    NaN propagates."""
+    h = torch.linspace(-12, 12, 4801).view(1, 1, -1, 1).expand(1, 1, -1, 16).contiguous()
+    out = cpu_fused.convffn_dwconv_gelu(h, None, torch.zeros(16, 1, 1, 1), None)
+    assert (out - F.gelu(h)).abs().max() < 2e-6
+    nan = cpu_fused.convffn_dwconv_gelu(torch.full((1, 1, 1, 16), float('nan')), None,
+                                        torch.zeros(16, 1, 1, 1), None)
+    assert nan.isnan().all()

@@ -19,6 +19,7 @@
 #include <mutex>
 #include <new>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #if defined(__GNUC__)
@@ -176,6 +177,80 @@ class CachedBuffer {
   size_t bytes_;
   T* data_;
 };
+
+// ---------------------------------------------------------------------------------------
+// Explicit vectors for the fused inference kernels: 16 floats as a GCC vector, one zmm
+// register in the AVX-512 copy of a kernel, two ymm or four xmm in the others. Used where
+// the compiler's own vectorisation falls short (register-blocked accumulations).
+typedef float vf16 __attribute__((vector_size(64)));
+typedef float vf16u __attribute__((vector_size(64), aligned(4)));  // unaligned access
+constexpr int64_t kLanes = 16;
+
+template <typename V>
+MSV_INLINE V loadv(const float* p) {
+  if constexpr (std::is_same_v<V, float>) {
+    return *p;
+  } else {
+    return *reinterpret_cast<const vf16u*>(p);
+  }
+}
+template <typename V>
+MSV_INLINE void storev(float* p, V v) {
+  if constexpr (std::is_same_v<V, float>) {
+    *p = v;
+  } else {
+    *reinterpret_cast<vf16u*>(p) = v;
+  }
+}
+
+// Channels [c0, c0 + CV lanes) of a depthwise k x k conv at one output position of a
+// channel-last map x (Hin x Win pixels, rows of C floats), accumulated in registers onto
+// what dst holds: dst[c] += sum over the taps inside the map of w[tap][c] * (x[pixel][c] +
+// shift[c]) (taps outside are zero padding). (i0, j0): the window's top-left input pixel.
+// w: (k * k) rows of CP floats; shift: null or CP floats. V = vf16 or float (a tail lane).
+template <typename V, int CV>
+MSV_INLINE void dwconv_chunk(const float* __restrict x, int64_t Hin, int64_t Win, int64_t C,
+                             int64_t i0, int64_t j0, int64_t k, const float* __restrict w,
+                             int64_t CP, const float* __restrict shift, int64_t c0,
+                             float* __restrict dst) {
+  constexpr int64_t L = sizeof(V) / sizeof(float);
+  V acc[CV], sh[CV];
+  for (int c = 0; c < CV; ++c) {
+    acc[c] = loadv<V>(dst + c0 + c * L);
+    sh[c] = shift ? loadv<V>(shift + c0 + c * L) : V{};
+  }
+  for (int64_t di = 0; di < k; ++di) {
+    const int64_t ii = i0 + di;
+    if (ii < 0 || ii >= Hin) continue;
+    for (int64_t dj = 0; dj < k; ++dj) {
+      const int64_t jj = j0 + dj;
+      if (jj < 0 || jj >= Win) continue;
+      const float* src = x + (ii * Win + jj) * C + c0;
+      const float* wt = w + (di * k + dj) * CP + c0;
+      for (int c = 0; c < CV; ++c) {
+        acc[c] += loadv<V>(wt + c * L) * (shift ? loadv<V>(src + c * L) + sh[c]
+                                                : loadv<V>(src + c * L));
+      }
+    }
+  }
+  for (int c = 0; c < CV; ++c) storev<V>(dst + c0 + c * L, acc[c]);
+}
+
+// All C channels of dwconv_chunk: whole vectors in chunks of up to 4, then single lanes (the
+// rows of x are C floats long, so no vector may run past C).
+MSV_INLINE void dwconv_at(const float* x, int64_t Hin, int64_t Win, int64_t C, int64_t i0,
+                          int64_t j0, int64_t k, const float* w, int64_t CP, const float* shift,
+                          float* dst) {
+  const int64_t C16 = C / kLanes * kLanes;
+  int64_t c0 = 0;
+  for (; c0 + 4 * kLanes <= C16; c0 += 4 * kLanes) {
+    dwconv_chunk<vf16, 4>(x, Hin, Win, C, i0, j0, k, w, CP, shift, c0, dst);
+  }
+  for (; c0 < C16; c0 += kLanes) {
+    dwconv_chunk<vf16, 1>(x, Hin, Win, C, i0, j0, k, w, CP, shift, c0, dst);
+  }
+  for (; c0 < C; ++c0) dwconv_chunk<float, 1>(x, Hin, Win, C, i0, j0, k, w, CP, shift, c0, dst);
+}
 
 // ---------------------------------------------------------------------------------------
 // Instruction-set variants (x86-64): always-inline kernels are compiled again inside

@@ -71,16 +71,7 @@ struct Ms2dArgs {
   int64_t tile;    // scan steps whose projections are computed together
 };
 
-// 16 floats as a GCC vector: one zmm register in the AVX-512 copy of the kernel, two ymm or
-// four xmm in the others. Used where the compiler's own vectorisation falls short: the
-// register-blocked projections below.
-typedef float vf16 __attribute__((vector_size(64)));
-typedef float vf16u __attribute__((vector_size(64), aligned(4)));  // unaligned access
-constexpr int64_t kLanes = 16;
 constexpr int64_t kTB = 8;  // scan steps per projection block (accumulator rows)
-
-MSV_INLINE vf16 loadv(const float* p) { return *reinterpret_cast<const vf16u*>(p); }
-MSV_INLINE void storev(float* p, vf16 v) { *reinterpret_cast<vf16u*>(p) = v; }
 
 // out[t, c0 : c0 + 16 CV] = sum_k in[t, k] * w[k, c0 : ...] (+ init[c0 : ...]) for the kTB rows
 // t of a block: kTB x CV accumulators stay in registers, each w row is loaded once per block.
@@ -91,12 +82,12 @@ MSV_INLINE void gemm_block(const float* __restrict in, int64_t ld_in, int64_t K,
                            float* __restrict out, int64_t ld_out, bool softplus) {
   vf16 acc[kTB][CV];
   for (int c = 0; c < CV; ++c) {
-    const vf16 v0 = init ? loadv(init + c * kLanes) : vf16{};
+    const vf16 v0 = init ? loadv<vf16>(init + c * kLanes) : vf16{};
     for (int t = 0; t < kTB; ++t) acc[t][c] = v0;
   }
   for (int64_t k = 0; k < K; ++k) {
     vf16 wk[CV];
-    for (int c = 0; c < CV; ++c) wk[c] = loadv(w + k * ld_w + c * kLanes);
+    for (int c = 0; c < CV; ++c) wk[c] = loadv<vf16>(w + k * ld_w + c * kLanes);
     for (int t = 0; t < kTB; ++t) {
       const float s = in[t * ld_in + k];
       for (int c = 0; c < CV; ++c) acc[t][c] += s * wk[c];
@@ -105,7 +96,7 @@ MSV_INLINE void gemm_block(const float* __restrict in, int64_t ld_in, int64_t K,
   for (int t = 0; t < kTB; ++t) {
     for (int c = 0; c < CV; ++c) {
       float* o = out + t * ld_out + c * kLanes;
-      storev(o, acc[t][c]);
+      storev<vf16>(o, acc[t][c]);
       if (softplus) {
 #pragma omp simd
         for (int64_t l = 0; l < kLanes; ++l) o[l] = softplus_(o[l]);
@@ -145,24 +136,12 @@ MSV_INLINE void layer_norm_(float* __restrict y, int64_t E, const float* __restr
 // position tok (zero padding: taps outside the input are skipped).
 MSV_INLINE void conv_at(const Ms2dArgs& a, const float* __restrict xb, int64_t tok,
                         float* __restrict dst) {
-  const int64_t EP = a.EP, E = a.E, k = a.ksize;
-  const int64_t i0 = (tok / a.W) * a.stride - a.pad, j0 = (tok % a.W) * a.stride - a.pad;
-  std::copy(a.conv_b, a.conv_b + EP, dst);
-  for (int64_t di = 0; di < k; ++di) {
-    const int64_t ii = i0 + di;
-    if (ii < 0 || ii >= a.Hin) continue;
-    for (int64_t dj = 0; dj < k; ++dj) {
-      const int64_t jj = j0 + dj;
-      if (jj < 0 || jj >= a.Win) continue;
-      const float* __restrict src = xb + (ii * a.Win + jj) * E;
-      const float* __restrict w = a.conv_w + (di * k + dj) * EP;
-#pragma omp simd
-      for (int64_t e = 0; e < E; ++e) dst[e] += w[e] * src[e];
-    }
-  }
+  std::copy(a.conv_b, a.conv_b + a.EP, dst);
+  dwconv_at(xb, a.Hin, a.Win, a.E, (tok / a.W) * a.stride - a.pad,
+            (tok % a.W) * a.stride - a.pad, a.ksize, a.conv_w, a.EP, nullptr, dst);
   if (a.silu) {
 #pragma omp simd
-    for (int64_t e = 0; e < E; ++e) dst[e] = silu_(dst[e]);
+    for (int64_t e = 0; e < a.E; ++e) dst[e] = silu_(dst[e]);
   }
 }
 

@@ -1,0 +1,113 @@
+// Fused inference middle of the MSVMamba ConvFFN (projects/msvmamba), float32, CPU:
+//
+//   t = h + in_bias                      h = x W1^T, linear1 without its bias (a plain matmul:
+//                                        adding the bias there costs a pass of its own)
+//   g = GELU(t + dwconv(t) + conv_bias)  depthwise k x k conv, stride 1, zero 'same' padding
+//
+// on a channel-last (B, H, W, F) map, in one pass; the unfused path runs addmm (bias copy),
+// the conv, an add and the GELU, each over the whole map. GELU is the exact (erf) form; erf
+// uses Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7), as ATen's vectorised erf
+// does. Tasks are (image, row) pairs. Exposed as msvmamba_cpu::convffn_dwconv_gelu;
+// msvmamba_ops/cpu_fused.py documents it, tests/ops/test_cpu_fused.py checks it against
+// the unfused ops.
+#include "cpu_common.h"
+
+namespace msv {
+namespace {
+
+struct ConvFfnArgs {
+  using acc_t = float;
+  const float* h;        // (Bt, H, W, F)
+  const float* in_bias;  // (FP) zero-padded (zeros when there is none)
+  const float* w;        // (k * k, FP) taps, transposed, zero-padded
+  const float* bias;     // (FP) zero-padded
+  float* out;            // (Bt, H, W, F)
+  int64_t H, W, F, FP, k;  // FP: F rounded up to a multiple of 16
+};
+
+// erf(x), Abramowitz & Stegun 7.1.26: 1 - (a1 t + ... + a5 t^5) exp(-x^2), t = 1 / (1 + p|x|).
+MSV_INLINE float erf_(float x) {
+  const float a = std::fabs(x);
+  const float t = 1.f / (1.f + 0.3275911f * a);
+  float r = 1.061405429f;
+  r = r * t - 1.453152027f;
+  r = r * t + 1.421413741f;
+  r = r * t - 0.284496736f;
+  r = r * t + 0.254829592f;
+  const float e = 1.f - r * t * exp_nonpos_(-a * a);
+  return std::copysign(e, x);
+}
+
+MSV_INLINE float gelu_(float x) { return 0.5f * x * (1.f + erf_(x * 0.70710678118654752f)); }
+
+template <typename Next>
+MSV_INLINE void convffn_rows(const ConvFfnArgs& a, const Next& next) {
+  const int64_t H = a.H, W = a.W, F = a.F, k = a.k, r = k / 2;
+  std::vector<float> row(static_cast<size_t>(a.FP));
+  float* __restrict s = row.data();
+  for (int64_t task = next(); task >= 0; task = next()) {
+    const int64_t b = task / H, i = task % H;
+    const float* hb = a.h + b * H * W * F;
+    for (int64_t j = 0; j < W; ++j) {
+      const float* __restrict hc = hb + (i * W + j) * F;
+#pragma omp simd
+      for (int64_t f = 0; f < F; ++f) s[f] = hc[f] + a.in_bias[f] + a.bias[f];
+      dwconv_at(hb, H, W, F, i - r, j - r, k, a.w, a.FP, a.in_bias, s);
+      float* __restrict o = a.out + ((b * H + i) * W + j) * F;
+#pragma omp simd
+      for (int64_t f = 0; f < F; ++f) o[f] = gelu_(s[f]);
+    }
+  }
+}
+
+struct ConvFfnKernel {
+  template <typename Args, typename Next>
+  MSV_INLINE static void run(const Args& a, const Next& next) { convffn_rows(a, next); }
+};
+
+at::Tensor convffn_dwconv_gelu(const at::Tensor& h, const std::optional<at::Tensor>& in_bias,
+                               const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  const char* name = "msvmamba_cpu::convffn_dwconv_gelu: ";
+  TORCH_CHECK(h.dim() == 4, name, "h must be (B, H, W, F)");
+  const int64_t F = h.size(3);
+  TORCH_CHECK(weight.dim() == 4 && weight.size(0) == F && weight.size(1) == 1 &&
+                  weight.size(2) == weight.size(3) && weight.size(2) % 2 == 1,
+              name, "weight must be a depthwise (F, 1, k, k) kernel with odd k");
+  for (const at::Tensor* t : {&h, &weight}) {
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat && t->is_contiguous(),
+                name, "h and weight must be contiguous float32 CPU tensors");
+  }
+  for (const auto* t : {&in_bias, &bias}) {
+    if (t->has_value()) {
+      TORCH_CHECK((*t)->device().is_cpu() && (*t)->scalar_type() == at::kFloat &&
+                      (*t)->is_contiguous() && (*t)->dim() == 1 && (*t)->size(0) == F,
+                  name, "biases must be contiguous float32 (F,) CPU tensors");
+    }
+  }
+  const int64_t k = weight.size(2);
+  at::Tensor out = empty_cached(h.sizes(), h.options());
+  if (h.numel() == 0) return out;
+  const int64_t FP = (F + kLanes - 1) / kLanes * kLanes;
+  at::Tensor w_t = at::zeros({k * k, FP}, h.options());
+  w_t.narrow(1, 0, F).copy_(weight.view({F, k * k}).t());
+  at::Tensor ib = at::zeros({FP}, h.options()), cb = at::zeros({FP}, h.options());
+  if (in_bias.has_value()) ib.narrow(0, 0, F).copy_(*in_bias);
+  if (bias.has_value()) cb.narrow(0, 0, F).copy_(*bias);
+  const ConvFfnArgs args{h.const_data_ptr<float>(), ib.const_data_ptr<float>(),
+                         w_t.const_data_ptr<float>(), cb.const_data_ptr<float>(),
+                         out.data_ptr<float>(), h.size(1), h.size(2), F, FP, k};
+  run_tasks<ConvFfnKernel>(detect_isa(), args, h.size(0) * h.size(1), h.numel() * k * k);
+  return out;
+}
+
+}  // namespace
+}  // namespace msv
+
+TORCH_LIBRARY_FRAGMENT(msvmamba_cpu, m) {
+  m.def(
+      "convffn_dwconv_gelu(Tensor h, Tensor? in_bias, Tensor weight, Tensor? bias) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(msvmamba_cpu, CPU, m) {
+  m.impl("convffn_dwconv_gelu", &msv::convffn_dwconv_gelu);
+}
