@@ -110,6 +110,15 @@ def test_non_float32_inputs_use_unfused_path(monkeypatch):
     assert not calls
 
 
+def test_autocast_uses_unfused_path(monkeypatch):
+    from projects.msvmamba.msvmamba import ConvFFN
+    x, module = torch.randn(1, 5, 5, 16), ConvFFN(16, 32).eval()
+    with torch.no_grad():
+        assert cpu_fused.can_replace(module, x)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            assert not cpu_fused.can_replace(module, x)
+
+
 def test_forced_scan_backend_disables_the_fused_pass(monkeypatch):
     """MSVMAMBA_SCAN_BACKEND=reference asks for the reference scan: the fused pass (which
     has its own scan) steps aside."""
