@@ -110,11 +110,15 @@ def convffn_dwconv_gelu(h: Tensor, in_bias: Optional[Tensor], weight: Tensor,
 
 def can_replace(module: torch.nn.Module, x: Tensor) -> bool:
     """Whether a fused op may stand in for ``module``'s forward on ``x``: float32 CPU
-    tensors outside autocast, no gradient needed, the op built and allowed
+    tensors outside autocast and tracing, no gradient needed, the op built and allowed
     (:func:`is_available`)."""
     if x.device.type != 'cpu' or x.dtype != torch.float32:
         return False
     if torch.is_autocast_enabled('cpu'):  # the module's matmuls would return bf16/fp16
+        return False
+    # Tracers (torch.jit.trace, which mmengine's FlopAnalyzer uses; torch.compile) record
+    # the plain modules' ops: FLOP handles and graph passes know those.
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
         return False
     if torch.is_grad_enabled() and (x.requires_grad
                                     or any(p.requires_grad for p in module.parameters())):

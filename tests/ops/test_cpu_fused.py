@@ -119,6 +119,16 @@ def test_autocast_uses_unfused_path(monkeypatch):
             assert not cpu_fused.can_replace(module, x)
 
 
+def test_tracing_records_the_unfused_ops(monkeypatch):
+    """FLOP counters trace the model (torch.jit.trace): they must see the plain ops."""
+    module = randomised(MultiScaleSS2D(16))
+    calls = []
+    monkeypatch.setattr(cpu_fused, 'ms2d_branch', lambda *a, **k: calls.append(1))
+    with torch.no_grad():
+        torch.jit.trace(module, torch.randn(1, 6, 6, 16), check_trace=False)
+    assert not calls
+
+
 def test_forced_scan_backend_disables_the_fused_pass(monkeypatch):
     """MSVMAMBA_SCAN_BACKEND=reference asks for the reference scan: the fused pass (which
     has its own scan) steps aside."""
