@@ -42,20 +42,24 @@ MSV_INLINE float gelu_(float x) { return 0.5f * x * (1.f + erf_(x * 0.7071067811
 
 template <typename Next>
 MSV_INLINE void convffn_rows(const ConvFfnArgs& a, const Next& next) {
-  const int64_t H = a.H, W = a.W, F = a.F, k = a.k, r = k / 2;
-  std::vector<float> row(static_cast<size_t>(a.FP));
-  float* __restrict s = row.data();
+  const int64_t H = a.H, W = a.W, F = a.F, FP = a.FP, k = a.k, r = k / 2;
+  std::vector<float> rows(static_cast<size_t>(W * FP));
+  float* __restrict s = rows.data();  // (W, FP) the pre-activation row
   for (int64_t task = next(); task >= 0; task = next()) {
     const int64_t b = task / H, i = task % H;
     const float* hb = a.h + b * H * W * F;
     for (int64_t j = 0; j < W; ++j) {
       const float* __restrict hc = hb + (i * W + j) * F;
+      float* __restrict sj = s + j * FP;
 #pragma omp simd
-      for (int64_t f = 0; f < F; ++f) s[f] = hc[f] + a.in_bias[f] + a.bias[f];
-      dwconv_at(hb, H, W, F, i - r, j - r, k, a.w, a.FP, a.in_bias, s);
+      for (int64_t f = 0; f < F; ++f) sj[f] = hc[f] + a.in_bias[f] + a.bias[f];
+    }
+    dwconv_row(hb, H, W, F, i - r, -r, 1, k, a.w, FP, a.in_bias, W, s, FP);
+    for (int64_t j = 0; j < W; ++j) {
+      const float* __restrict sj = s + j * FP;
       float* __restrict o = a.out + ((b * H + i) * W + j) * F;
 #pragma omp simd
-      for (int64_t f = 0; f < F; ++f) o[f] = gelu_(s[f]);
+      for (int64_t f = 0; f < F; ++f) o[f] = gelu_(sj[f]);
     }
   }
 }

@@ -203,53 +203,82 @@ MSV_INLINE void storev(float* p, V v) {
   }
 }
 
-// Channels [c0, c0 + CV lanes) of a depthwise k x k conv at one output position of a
-// channel-last map x (Hin x Win pixels, rows of C floats), accumulated in registers onto
-// what dst holds: dst[c] += sum over the taps inside the map of w[tap][c] * (x[pixel][c] +
-// shift[c]) (taps outside are zero padding). (i0, j0): the window's top-left input pixel.
-// w: (k * k) rows of CP floats; shift: null or CP floats. V = vf16 or float (a tail lane).
-template <typename V, int CV>
-MSV_INLINE void dwconv_chunk(const float* __restrict x, int64_t Hin, int64_t Win, int64_t C,
-                             int64_t i0, int64_t j0, int64_t k, const float* __restrict w,
-                             int64_t CP, const float* __restrict shift, int64_t c0,
-                             float* __restrict dst) {
+// Channels [c0, c0 + CV lanes) of a depthwise k x k conv at JB output positions along a row,
+// on a channel-last map x (Hin x Win pixels, rows of C floats), accumulated in registers
+// onto what dst holds: dst[jb][c] += sum over the taps inside the map of w[tap][c] *
+// (x[pixel][c] + shift[c]) (taps outside are zero padding). Output jb's window starts at
+// input pixel (i0, j0 + jb * stride); dst rows are ld floats apart. Each tap's weights are
+// loaded once for the JB outputs. w: (k * k) rows of CP floats; shift: null or CP floats.
+// V = vf16 or float (a tail lane).
+template <typename V, int CV, int JB>
+MSV_INLINE void dwconv_block(const float* __restrict x, int64_t Hin, int64_t Win, int64_t C,
+                             int64_t i0, int64_t j0, int64_t stride, int64_t k,
+                             const float* __restrict w, int64_t CP, const float* __restrict shift,
+                             int64_t c0, float* __restrict dst, int64_t ld) {
   constexpr int64_t L = sizeof(V) / sizeof(float);
-  V acc[CV], sh[CV];
+  V acc[JB][CV], sh[CV];
   for (int c = 0; c < CV; ++c) {
-    acc[c] = loadv<V>(dst + c0 + c * L);
     sh[c] = shift ? loadv<V>(shift + c0 + c * L) : V{};
+    for (int jb = 0; jb < JB; ++jb) acc[jb][c] = loadv<V>(dst + jb * ld + c0 + c * L);
   }
   for (int64_t di = 0; di < k; ++di) {
     const int64_t ii = i0 + di;
     if (ii < 0 || ii >= Hin) continue;
+    const float* xrow = x + ii * Win * C + c0;
     for (int64_t dj = 0; dj < k; ++dj) {
-      const int64_t jj = j0 + dj;
-      if (jj < 0 || jj >= Win) continue;
-      const float* src = x + (ii * Win + jj) * C + c0;
-      const float* wt = w + (di * k + dj) * CP + c0;
-      for (int c = 0; c < CV; ++c) {
-        acc[c] += loadv<V>(wt + c * L) * (shift ? loadv<V>(src + c * L) + sh[c]
-                                                : loadv<V>(src + c * L));
+      V wv[CV];
+      for (int c = 0; c < CV; ++c) wv[c] = loadv<V>(w + (di * k + dj) * CP + c0 + c * L);
+      for (int jb = 0; jb < JB; ++jb) {
+        const int64_t jj = j0 + jb * stride + dj;
+        if (jj < 0 || jj >= Win) continue;
+        const float* src = xrow + jj * C;
+        for (int c = 0; c < CV; ++c) {
+          acc[jb][c] += wv[c] * (shift ? loadv<V>(src + c * L) + sh[c] : loadv<V>(src + c * L));
+        }
       }
     }
   }
-  for (int c = 0; c < CV; ++c) storev<V>(dst + c0 + c * L, acc[c]);
+  for (int c = 0; c < CV; ++c) {
+    for (int jb = 0; jb < JB; ++jb) storev<V>(dst + jb * ld + c0 + c * L, acc[jb][c]);
+  }
 }
 
-// All C channels of dwconv_chunk: whole vectors in chunks of up to 4, then single lanes (the
-// rows of x are C floats long, so no vector may run past C).
-MSV_INLINE void dwconv_at(const float* x, int64_t Hin, int64_t Win, int64_t C, int64_t i0,
-                          int64_t j0, int64_t k, const float* w, int64_t CP, const float* shift,
-                          float* dst) {
+// dwconv_block over all C channels: whole vectors, then single lanes (the rows of x are C
+// floats long, so no vector may run past C).
+template <int JB>
+MSV_INLINE void dwconv_block_channels(const float* x, int64_t Hin, int64_t Win, int64_t C,
+                                      int64_t i0, int64_t j0, int64_t stride, int64_t k,
+                                      const float* w, int64_t CP, const float* shift,
+                                      float* dst, int64_t ld) {
+  constexpr int CV = JB > 1 ? 2 : 4;  // JB x CV accumulators fit the 32 zmm registers
   const int64_t C16 = C / kLanes * kLanes;
   int64_t c0 = 0;
-  for (; c0 + 4 * kLanes <= C16; c0 += 4 * kLanes) {
-    dwconv_chunk<vf16, 4>(x, Hin, Win, C, i0, j0, k, w, CP, shift, c0, dst);
+  for (; c0 + CV * kLanes <= C16; c0 += CV * kLanes) {
+    dwconv_block<vf16, CV, JB>(x, Hin, Win, C, i0, j0, stride, k, w, CP, shift, c0, dst, ld);
   }
   for (; c0 < C16; c0 += kLanes) {
-    dwconv_chunk<vf16, 1>(x, Hin, Win, C, i0, j0, k, w, CP, shift, c0, dst);
+    dwconv_block<vf16, 1, JB>(x, Hin, Win, C, i0, j0, stride, k, w, CP, shift, c0, dst, ld);
   }
-  for (; c0 < C; ++c0) dwconv_chunk<float, 1>(x, Hin, Win, C, i0, j0, k, w, CP, shift, c0, dst);
+  for (; c0 < C; ++c0) {
+    dwconv_block<float, 1, JB>(x, Hin, Win, C, i0, j0, stride, k, w, CP, shift, c0, dst, ld);
+  }
+}
+
+// n consecutive output positions of one output row (windows starting at input column j0,
+// j0 + stride, ...), in blocks of 8.
+MSV_INLINE void dwconv_row(const float* x, int64_t Hin, int64_t Win, int64_t C, int64_t i0,
+                           int64_t j0, int64_t stride, int64_t k, const float* w, int64_t CP,
+                           const float* shift, int64_t n, float* dst, int64_t ld) {
+  constexpr int JB = 8;
+  int64_t q = 0;
+  for (; q + JB <= n; q += JB) {
+    dwconv_block_channels<JB>(x, Hin, Win, C, i0, j0 + q * stride, stride, k, w, CP, shift,
+                              dst + q * ld, ld);
+  }
+  for (; q < n; ++q) {
+    dwconv_block_channels<1>(x, Hin, Win, C, i0, j0 + q * stride, stride, k, w, CP, shift,
+                             dst + q * ld, ld);
+  }
 }
 
 // ---------------------------------------------------------------------------------------

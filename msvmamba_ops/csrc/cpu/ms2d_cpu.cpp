@@ -132,16 +132,26 @@ MSV_INLINE void layer_norm_(float* __restrict y, int64_t E, const float* __restr
   for (int64_t e = 0; e < E; ++e) y[e] = (y[e] - mean) * rstd * w[e] + b[e];
 }
 
-// dst[0:EP] = act(bias + sum over the taps inside the map of w[tap] * x[pixel]) at map
-// position tok (zero padding: taps outside the input are skipped).
-MSV_INLINE void conv_at(const Ms2dArgs& a, const float* __restrict xb, int64_t tok,
-                        float* __restrict dst) {
-  std::copy(a.conv_b, a.conv_b + a.EP, dst);
-  dwconv_at(xb, a.Hin, a.Win, a.E, (tok / a.W) * a.stride - a.pad,
-            (tok % a.W) * a.stride - a.pad, a.ksize, a.conv_w, a.EP, nullptr, dst);
+// Rows p0 .. p0 + n - 1 (row-major map positions) of the branch input: dst row q =
+// act(bias + depthwise conv of x) at position p0 + q (zero padding: taps outside the input
+// are skipped). dst rows are EP floats apart.
+MSV_INLINE void conv_positions(const Ms2dArgs& a, const float* __restrict xb, int64_t p0,
+                               int64_t n, float* __restrict dst) {
+  const int64_t EP = a.EP;
+  for (int64_t q = 0; q < n; ++q) std::copy(a.conv_b, a.conv_b + EP, dst + q * EP);
+  for (int64_t q = 0; q < n;) {  // one output row segment at a time
+    const int64_t i = (p0 + q) / a.W, j = (p0 + q) % a.W;
+    const int64_t run = std::min(a.W - j, n - q);
+    dwconv_row(xb, a.Hin, a.Win, a.E, i * a.stride - a.pad, j * a.stride - a.pad, a.stride,
+               a.ksize, a.conv_w, EP, nullptr, run, dst + q * EP, EP);
+    q += run;
+  }
   if (a.silu) {
+    for (int64_t q = 0; q < n; ++q) {
+      float* d = dst + q * EP;
 #pragma omp simd
-    for (int64_t e = 0; e < a.E; ++e) dst[e] = silu_(dst[e]);
+      for (int64_t e = 0; e < a.E; ++e) d[e] = silu_(d[e]);
+    }
   }
 }
 
@@ -164,9 +174,7 @@ MSV_INLINE void ms2d_tasks(const Ms2dArgs& a, const Next& next) {
   for (int64_t b = next(); b >= 0; b = next()) {
     const float* xb = a.x + b * a.Hin * a.Win * E;
     float* ob = a.out + b * a.P * E;
-    if (whole_map) {
-      for (int64_t p = 0; p < a.P; ++p) conv_at(a, xb, p, map.data() + p * EP);
-    }
+    if (whole_map) conv_positions(a, xb, 0, a.P, map.data());
     float* pool = a.pool ? a.pool + b * E : nullptr;
     if (pool) std::fill(pool, pool + E, 0.f);
     std::fill(h, h + N * EP, 0.f);
@@ -174,14 +182,13 @@ MSV_INLINE void ms2d_tasks(const Ms2dArgs& a, const Next& next) {
       const int64_t nt = std::min(T, steps - s0);
       const int64_t nblocks = (nt + kTB - 1) / kTB;  // rows past nt: stale, never used
       // 1. inputs of the tile, activated
-      for (int64_t t = 0; t < nt; ++t) {
-        const int64_t tok = a.order ? a.order[s0 + t] : s0 + t;
-        if (whole_map) {
-          const float* src = map.data() + tok * EP;
+      if (whole_map) {
+        for (int64_t t = 0; t < nt; ++t) {
+          const float* src = map.data() + a.order[s0 + t] * EP;
           std::copy(src, src + EP, u + t * EP);
-        } else {
-          conv_at(a, xb, tok, u + t * EP);
         }
+      } else {  // one row-major direction: the tile is map positions s0 .. s0 + nt - 1
+        conv_positions(a, xb, s0, nt, u);
       }
       // 2. x projection: (dt, B, C) = u W_x^T, 3. delta = softplus(dt W_dt^T + bias)
       for (int64_t k = 0; k < nblocks; ++k) {
