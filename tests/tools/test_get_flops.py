@@ -50,3 +50,14 @@ def test_config_flops_from_command_line(capsys):
     assert lines['counted'] == 'whole model (tensor forward)'
     assert float(lines['Flops'].split()[0]) == pytest.approx(EXPECTED['nano'][0], rel=5e-3)
     assert lines['Params'] == '6.864 M'
+
+
+def test_config_errors_are_one_line(capsys):
+    """get_flops (and benchmark, which builds through it) load configs as tools/train.py
+    does: a missing file or bad option is an ``error:`` line and exit status 2."""
+    tool = load_tool()
+    assert tool.main(['configs/no_such_config.py']) == 2
+    assert 'error: config file not found: configs/no_such_config.py' in capsys.readouterr().err
+    assert tool.main([osp.join(REPO, 'configs', 'msvmamba_n_in1k.py'), '--cfg-options',
+                      'model.backbone.arch.dims=3']) == 2
+    assert 'error: --cfg-options' in capsys.readouterr().err

@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import ctypes
 import ctypes.util
+import gc
 import os
 import os.path as osp
 import statistics
@@ -43,15 +44,18 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
 from get_flops import ArchClassifier, TensorForward, build_from_config  # noqa: E402
 
+from mmengine.config import DictAction  # noqa: E402
+
 from msvmamba_ops import cpu_fused, resolve_backend  # noqa: E402
 from projects.msvmamba import msvmamba as msvmamba_module  # noqa: E402
 from projects.msvmamba.msvmamba import MSVMamba  # noqa: E402
+from projects.msvmamba_mm.tooling import run_main  # noqa: E402
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('config', nargs='?', help='config file (default: a classifier of --arch)')
-    parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
                         help='override config settings, as in tools/train.py')
     parser.add_argument('--arch', default='tiny', choices=sorted(MSVMamba.arch_zoo))
     parser.add_argument('--batch-size', type=int, default=8)
@@ -94,8 +98,6 @@ def tune_glibc_malloc() -> bool:
 def build_model(args) -> nn.Module:
     if not args.config:
         return ArchClassifier(args.arch).to(args.device).eval()
-    if not osp.isfile(args.config):
-        raise SystemExit(f'error: config file {args.config} does not exist')
     model = build_from_config(args.config, args.cfg_options).to(args.device).eval()
     inputs = torch.randn(1, 3, 64, 64, device=args.device)
     try:  # classifiers and segmentors: the whole network
@@ -125,10 +127,25 @@ def synchronize(device: str):
         torch.cuda.synchronize()
 
 
+@contextlib.contextmanager
+def gc_paused():
+    """Python's cyclic garbage collector off while timing, as ``timeit`` does: otherwise the
+    tensors a forward creates trigger collections that walk every object the imports made
+    (a few percent of a CPU forward), which times the interpreter, not the model."""
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def time_iterations(model, inputs, args, iters: int):
     """Seconds per forward for ``iters`` timed forwards after ``args.warmup`` untimed."""
     times = []
-    with torch.inference_mode(), autocast(args):
+    with torch.inference_mode(), autocast(args), gc_paused():
         for i in range(args.warmup + iters):
             synchronize(args.device)
             start = time.perf_counter()
@@ -195,7 +212,7 @@ def stub_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False,
     return u.to(torch.float32 if out_float else u.dtype, copy=True)
 
 
-def main(argv=None) -> int:
+def run(argv=None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -238,7 +255,11 @@ def main(argv=None) -> int:
         print('fused token-mixer op (depthwise convs, x/dt projections, selective scan, '
               f'out_norm, merge, gate) share of forward time: {fused_share * 100:.1f}%')
     print(f'selective_scan share of forward time (calls outside the fused op): {share * 100:.1f}%')
-    return 0
+
+
+def main(argv=None) -> int:
+    """``run`` with a config's errors as one ``error:`` line and exit status 2."""
+    return run_main(run, argv)
 
 
 if __name__ == '__main__':

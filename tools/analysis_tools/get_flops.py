@@ -15,6 +15,7 @@ import argparse
 import importlib
 import os.path as osp
 import sys
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -22,8 +23,11 @@ import torch.nn as nn
 # this checkout's code first, whatever else is installed
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
+from mmengine.config import DictAction  # noqa: E402
+
 from msvmamba_ops.flops import MSVMAMBA_FLOP_HANDLES  # noqa: E402
 from projects.msvmamba.msvmamba import MSVMamba  # noqa: E402
+from projects.msvmamba_mm.tooling import load_scoped_config, run_main  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -34,7 +38,7 @@ def parse_args(argv=None):
     parser.add_argument('--num-classes', type=int, default=1000, help='with --arch')
     parser.add_argument('--shape', type=int, nargs='+', default=[224, 224],
                         help='input H W (one value: square)')
-    parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
                         help='override config settings, as in tools/train.py')
     parser.add_argument('--show-table', action='store_true',
                         help='print the per-module table')
@@ -73,24 +77,13 @@ class TensorForward(nn.Module):
         return self.fn(self.model, x)
 
 
-def build_from_config(path: str, cfg_options: list) -> nn.Module:
-    from mmengine.config import Config, DictAction
-    from mmengine.registry import DefaultScope
-    from mmengine.utils import import_modules_from_strings
-
-    cfg = Config.fromfile(path)
-    if cfg_options:
-        parser = argparse.ArgumentParser()
-        parser.add_argument('--o', nargs='+', action=DictAction)
-        cfg.merge_from_dict(parser.parse_args(['--o', *cfg_options]).o)
-    if cfg.get('custom_imports'):
-        import_modules_from_strings(**cfg.custom_imports)
-    scope = cfg.get('default_scope', 'mmpretrain')
-    registry = importlib.import_module(f'{scope}.registry')
-    importlib.import_module(f'{scope}.utils').register_all_modules(init_default_scope=False)
-    with DefaultScope.overwrite_default_scope(scope):
-        model = registry.MODELS.build(cfg.model)
-    return model
+def build_from_config(path: str, cfg_options: Optional[dict]) -> nn.Module:
+    """The model of a config, built in the registry of its ``default_scope`` (the config
+    is loaded as tools/train.py loads it: missing files, unknown scopes and bad
+    ``--cfg-options`` are one-line errors)."""
+    cfg, scope = load_scoped_config(path, cfg_options)
+    registry = importlib.import_module(f'{scope.package}.registry')
+    return registry.MODELS.build(cfg.model)
 
 
 def count(model: nn.Module, shape, show_table: bool = False) -> dict:
@@ -126,7 +119,7 @@ def count(model: nn.Module, shape, show_table: bool = False) -> dict:
     return result
 
 
-def main(argv=None) -> int:
+def run(argv=None) -> None:
     args = parse_args(argv)
     if args.arch:
         model = ArchClassifier(args.arch, args.num_classes)
@@ -140,7 +133,11 @@ def main(argv=None) -> int:
     print(f'{name}\ncounted: {result["counted"]}\ninput shape: (1, 3, {args.shape[0]}, '
           f'{args.shape[1]})\nFlops: {result["flops"] / 1e9:.3f} G\n'
           f'Params: {result["params"] / 1e6:.3f} M')
-    return 0
+
+
+def main(argv=None) -> int:
+    """``run`` with a config's errors as one ``error:`` line and exit status 2."""
+    return run_main(run, argv)
 
 
 if __name__ == '__main__':
