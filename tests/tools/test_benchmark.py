@@ -1,5 +1,6 @@
 """tools/analysis_tools/benchmark.py runs and reports throughput and the scan's share."""
 import importlib.util
+import os
 import os.path as osp
 import re
 
@@ -21,10 +22,13 @@ def test_benchmark_reports_throughput_and_scan_share(capsys, monkeypatch, fused)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     assert tool.main(['--arch', 'nano', '--batch-size', '2', '--shape', '32', '32',
-                      '--warmup', '1', '--iters', '2']) == 0
+                      '--warmup', '1', '--iters', '2', '--compare-unfused']) == 0
     out = capsys.readouterr().out
     assert re.search(r'[\d.]+ img/s \(median', out), out
     assert re.search(r'page faults per forward: \d+', out), out
+    ratio = re.search(r'fused vs unfused ops, alternating in this process: ([\d.]+)x', out)
+    assert ratio and float(ratio.group(1)) > 0, out
+    assert os.environ.get(cpu_fused.ENV_FUSED) == fused  # restored
     share = float(re.search(r'selective_scan share of forward time .*: ([\d.]+)%', out).group(1))
     fused_share = re.search(r'fused token-mixer op .* share of forward time: ([\d.]+)%', out)
     if fused == '1':

@@ -5,7 +5,7 @@ classifier by arch) and the share of time in selective_scan.
     python tools/analysis_tools/benchmark.py [CONFIG] [--cfg-options k=v ...] \
         [--arch tiny] [--batch-size 8] [--shape 224 224] \
         [--amp] [--device cpu|cuda] [--warmup 2] [--iters 10] [--threads N] \
-        [--tune-malloc] [--stub-scan]
+        [--tune-malloc] [--stub-scan] [--compare-unfused]
 
 With CONFIG, the config's model runs its 'tensor' forward (detectors, which need data
 samples for that, run backbone + neck: ``extract_feat``); without, an ImageNet classifier
@@ -69,6 +69,9 @@ def parse_args(argv=None):
                         help='torch CPU threads (default: torch default)')
     parser.add_argument('--tune-malloc', action='store_true',
                         help='CPU: keep freed memory in the glibc heap (see tune_glibc_malloc)')
+    parser.add_argument('--compare-unfused', action='store_true',
+                        help='CPU: also time the unfused modules (MSVMAMBA_FUSED_CPU=0), '
+                        'alternating with the fused ops forward by forward, and print the ratio')
     parser.add_argument('--stub-scan', action='store_true',
                         help='replace selective_scan by a copy of u: times the rest of the '
                         'network (e.g. while only the slow reference scan is available)')
@@ -200,6 +203,34 @@ def scan_share(model, inputs, args, iters: int) -> Tuple[float, float]:
         cpu_fused.ms2d_branch = timers['fused'].scan
 
 
+@contextlib.contextmanager
+def fused_ops(enabled: bool):
+    """The fused CPU ops on or off (MSVMAMBA_FUSED_CPU) inside the block."""
+    saved = os.environ.get(cpu_fused.ENV_FUSED)
+    os.environ[cpu_fused.ENV_FUSED] = '1' if enabled else '0'
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(cpu_fused.ENV_FUSED, None)
+        else:
+            os.environ[cpu_fused.ENV_FUSED] = saved
+
+
+def compare_unfused(model, inputs, args) -> Tuple[float, float]:
+    """Median seconds per forward with the fused ops and without, the two alternating
+    forward by forward in this process (so that both see the same machine load)."""
+    fused, unfused = [], []
+    one = argparse.Namespace(**{**vars(args), 'warmup': 0})
+    for i in range(args.warmup + args.iters):
+        for enabled, times in ((True, fused), (False, unfused)):
+            with fused_ops(enabled):
+                t = time_iterations(model, inputs, one, 1)
+            if i >= args.warmup:
+                times.extend(t)
+    return statistics.median(fused), statistics.median(unfused)
+
+
 def page_faults() -> int:
     """Minor page faults of this process so far (CPU: the cost of fresh memory)."""
     import resource
@@ -218,28 +249,26 @@ def run(argv=None) -> None:
         torch.set_num_threads(args.threads)
     malloc_tuned = args.tune_malloc and args.device == 'cpu' and tune_glibc_malloc()
     original_scan = msvmamba_module.selective_scan
-    fused_env = os.environ.get(cpu_fused.ENV_FUSED)
     if args.stub_scan:
         msvmamba_module.selective_scan = stub_scan
-        os.environ[cpu_fused.ENV_FUSED] = '0'  # the fused op has its own scan
         backend = 'stub (copy of u)'
     else:
         backend = resolve_backend(args.device, torch.float32)
-    try:
-        torch.manual_seed(0)
-        model = build_model(args)
-        inputs = torch.randn(args.batch_size, 3, *args.shape, device=args.device)
-        faults = page_faults()
-        times = time_iterations(model, inputs, args, args.iters)
-        faults = (page_faults() - faults) / (args.warmup + args.iters)
-        share, fused_share = scan_share(model, inputs, args, max(1, args.iters // 2))
-    finally:
-        msvmamba_module.selective_scan = original_scan
-        if args.stub_scan:
-            if fused_env is None:
-                os.environ.pop(cpu_fused.ENV_FUSED, None)
-            else:
-                os.environ[cpu_fused.ENV_FUSED] = fused_env
+    comparison = None
+    # the fused ops contain their own scan: off with --stub-scan
+    with fused_ops(False) if args.stub_scan else contextlib.nullcontext():
+        try:
+            torch.manual_seed(0)
+            model = build_model(args)
+            inputs = torch.randn(args.batch_size, 3, *args.shape, device=args.device)
+            faults = page_faults()
+            times = time_iterations(model, inputs, args, args.iters)
+            faults = (page_faults() - faults) / (args.warmup + args.iters)
+            share, fused_share = scan_share(model, inputs, args, max(1, args.iters // 2))
+            if args.compare_unfused and args.device == 'cpu' and not args.stub_scan:
+                comparison = compare_unfused(model, inputs, args)
+        finally:
+            msvmamba_module.selective_scan = original_scan
     median = statistics.median(times)
     what = args.config or f'arch {args.arch}'
     print(f'{what}, batch {args.batch_size}, shape {tuple(args.shape)}, '
@@ -255,6 +284,10 @@ def run(argv=None) -> None:
         print('fused token-mixer op (depthwise convs, x/dt projections, selective scan, '
               f'out_norm, merge, gate) share of forward time: {fused_share * 100:.1f}%')
     print(f'selective_scan share of forward time (calls outside the fused op): {share * 100:.1f}%')
+    if comparison:
+        fused_t, unfused_t = comparison
+        print(f'fused vs unfused ops, alternating in this process: {unfused_t / fused_t:.2f}x '
+              f'({args.batch_size / fused_t:.2f} vs {args.batch_size / unfused_t:.2f} img/s)')
 
 
 def main(argv=None) -> int:
