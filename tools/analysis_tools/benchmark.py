@@ -4,7 +4,7 @@ classifier by arch) and the share of time in selective_scan.
 
     python tools/analysis_tools/benchmark.py [CONFIG] [--cfg-options k=v ...] \
         [--arch tiny] [--batch-size 8] [--shape 224 224] \
-        [--amp] [--device cpu|cuda] [--warmup 2] [--iters 10] [--threads N] \
+        [--amp] [--device cpu|cuda] [--warmup 2] [--iters 20] [--threads N] \
         [--tune-malloc] [--stub-scan] [--compare-unfused]
 
 With CONFIG, the config's model runs its 'tensor' forward (detectors, which need data
@@ -64,7 +64,9 @@ def parse_args(argv=None):
                         help='autocast (bf16 on CPU, fp16 on CUDA)')
     parser.add_argument('--device', default='cpu', choices=('cpu', 'cuda'))
     parser.add_argument('--warmup', type=int, default=2)
-    parser.add_argument('--iters', type=int, default=10)
+    parser.add_argument('--iters', type=int, default=20,
+                        help='timed forwards (the median is reported; more steady it on a '
+                        'loaded machine)')
     parser.add_argument('--threads', type=int, default=None,
                         help='torch CPU threads (default: torch default)')
     parser.add_argument('--tune-malloc', action='store_true',
