@@ -26,6 +26,7 @@ def test_benchmark_reports_throughput_and_scan_share(capsys, monkeypatch, fused)
     out = capsys.readouterr().out
     assert re.search(r'[\d.]+ img/s \(median', out), out
     assert re.search(r'page faults per forward: \d+', out), out
+    assert re.search(r'matmul at \d+ GFLOP/s before and \d+ after', out), out
     ratio = re.search(r'fused vs unfused ops, alternating in this process: ([\d.]+)x', out)
     assert ratio and float(ratio.group(1)) > 0, out
     assert os.environ.get(cpu_fused.ENV_FUSED) == fused  # restored

@@ -233,6 +233,20 @@ def compare_unfused(model, inputs, args) -> Tuple[float, float]:
     return statistics.median(fused), statistics.median(unfused)
 
 
+def matmul_gflops(device: str, n: int = 1024, repeats: int = 5) -> float:
+    """GFLOP/s of an n x n float32 matmul (best of ``repeats``): a yardstick of how fast
+    the machine runs right now, printed beside the model's figures."""
+    a = torch.randn(n, n, device=device)
+    best = float('inf')
+    for _ in range(repeats + 1):
+        synchronize(device)
+        start = time.perf_counter()
+        a @ a
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
 def page_faults() -> int:
     """Minor page faults of this process so far (CPU: the cost of fresh memory)."""
     import resource
@@ -263,9 +277,11 @@ def run(argv=None) -> None:
             torch.manual_seed(0)
             model = build_model(args)
             inputs = torch.randn(args.batch_size, 3, *args.shape, device=args.device)
+            yardstick = [matmul_gflops(args.device)]
             faults = page_faults()
             times = time_iterations(model, inputs, args, args.iters)
             faults = (page_faults() - faults) / (args.warmup + args.iters)
+            yardstick.append(matmul_gflops(args.device))
             share, fused_share = scan_share(model, inputs, args, max(1, args.iters // 2))
             if args.compare_unfused and args.device == 'cpu' and not args.stub_scan:
                 comparison = compare_unfused(model, inputs, args)
@@ -282,6 +298,8 @@ def run(argv=None) -> None:
           f'({"torch max allocated" if args.device == "cuda" else "process peak RSS"})')
     if args.device == 'cpu':
         print(f'page faults per forward: {faults:.0f}')
+    print(f'machine yardstick: 1024x1024 float32 matmul at {yardstick[0]:.0f} GFLOP/s before '
+          f'and {yardstick[1]:.0f} after the timed forwards')
     if fused_share > 0:
         print('fused token-mixer op (depthwise convs, x/dt projections, selective scan, '
               f'out_norm, merge, gate) share of forward time: {fused_share * 100:.1f}%')
