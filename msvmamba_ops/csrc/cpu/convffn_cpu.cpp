@@ -92,11 +92,8 @@ at::Tensor convffn_dwconv_gelu(const at::Tensor& h, const std::optional<at::Tens
   at::Tensor out = empty_cached(h.sizes(), h.options());
   if (h.numel() == 0) return out;
   const int64_t FP = (F + kLanes - 1) / kLanes * kLanes;
-  at::Tensor w_t = at::zeros({k * k, FP}, h.options());
-  w_t.narrow(1, 0, F).copy_(weight.view({F, k * k}).t());
-  at::Tensor ib = at::zeros({FP}, h.options()), cb = at::zeros({FP}, h.options());
-  if (in_bias.has_value()) ib.narrow(0, 0, F).copy_(*in_bias);
-  if (bias.has_value()) cb.narrow(0, 0, F).copy_(*bias);
+  const at::Tensor w_t = zero_padded(weight.view({F, k * k}).t(), {k * k, FP});
+  const at::Tensor ib = zero_padded(in_bias, {FP}), cb = zero_padded(bias, {FP});
   const ConvFfnArgs args{h.const_data_ptr<float>(), ib.const_data_ptr<float>(),
                          w_t.const_data_ptr<float>(), cb.const_data_ptr<float>(),
                          out.data_ptr<float>(), h.size(1), h.size(2), F, FP, k};

@@ -203,6 +203,18 @@ MSV_INLINE void storev(float* p, V v) {
   }
 }
 
+// A float32 tensor of ``sizes`` holding src in its leading corner and zeros elsewhere (the
+// fused kernels' weights, padded to whole vectors); all zeros for a missing src.
+inline at::Tensor zero_padded(const std::optional<at::Tensor>& src, at::IntArrayRef sizes) {
+  at::Tensor out = at::zeros(sizes, at::TensorOptions().dtype(at::kFloat));
+  if (src.has_value()) {
+    at::Tensor corner = out;
+    for (int64_t d = 0; d < src->dim(); ++d) corner = corner.narrow(d, 0, src->size(d));
+    corner.copy_(*src);
+  }
+  return out;
+}
+
 // Channels [c0, c0 + CV lanes) of a depthwise k x k conv at JB output positions along a row,
 // on a channel-last map x (Hin x Win pixels, rows of C floats), accumulated in registers
 // onto what dst holds: dst[jb][c] += sum over the taps inside the map of w[tap][c] *

@@ -418,19 +418,13 @@ std::tuple<at::Tensor, at::Tensor> ms2d_branch(
   // Weights transposed and zero-padded to whole vectors of 16 lanes.
   const int64_t EP = (E + kLanes - 1) / kLanes * kLanes;
   const int64_t JP = (R + 2 * N + kLanes - 1) / kLanes * kLanes;
-  const auto f32 = x.options();
-  at::Tensor wx_t = at::zeros({EP, JP}, f32);
-  wx_t.narrow(0, 0, E).narrow(1, 0, R + 2 * N).copy_(x_proj_weight.t());
-  at::Tensor wdt_t = at::zeros({R, EP}, f32);
-  wdt_t.narrow(1, 0, E).copy_(dt_proj_weight.t());
-  at::Tensor A_t = at::zeros({N, EP}, f32);
-  A_t.narrow(1, 0, E).copy_(A.t());
-  at::Tensor bias_p = at::zeros({EP}, f32), D_p = at::zeros({EP}, f32);
-  bias_p.narrow(0, 0, E).copy_(dt_bias);
-  if (D.has_value()) D_p.narrow(0, 0, E).copy_(*D);
-  at::Tensor conv_w = at::zeros({ksize * ksize, EP}, f32), conv_b = at::zeros({EP}, f32);
-  conv_w.narrow(1, 0, E).copy_(conv_weight.view({E, ksize * ksize}).t());
-  if (conv_bias.has_value()) conv_b.narrow(0, 0, E).copy_(*conv_bias);
+  const at::Tensor wx_t = zero_padded(x_proj_weight.t(), {EP, JP});
+  const at::Tensor wdt_t = zero_padded(dt_proj_weight.t(), {R, EP});
+  const at::Tensor A_t = zero_padded(A.t(), {N, EP});
+  const at::Tensor bias_p = zero_padded(dt_bias, {EP}), D_p = zero_padded(D, {EP});
+  const at::Tensor conv_w = zero_padded(conv_weight.view({E, ksize * ksize}).t(),
+                                        {ksize * ksize, EP});
+  const at::Tensor conv_b = zero_padded(conv_bias, {EP});
   Ms2dArgs args{};
   args.x = x.const_data_ptr<float>();
   args.Hin = Hin;
