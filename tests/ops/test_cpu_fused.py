@@ -26,11 +26,22 @@ def randomised(module: MultiScaleSS2D, seed: int = 0) -> MultiScaleSS2D:
     return module.eval()
 
 
+def spy(monkeypatch, name: str, call_through: bool = True) -> list:
+    """Replace ``cpu_fused.<name>`` by a recorder (that still calls the op unless
+    ``call_through`` is False); returns the list its calls append to."""
+    calls, op = [], getattr(cpu_fused, name)
+
+    def recorder(*args, **kwargs):
+        calls.append(1)
+        return op(*args, **kwargs) if call_through else None
+
+    monkeypatch.setattr(cpu_fused, name, recorder)
+    return calls
+
+
 def both_paths(module, x, monkeypatch):
     """(fused, unfused) outputs of module(x); asserts the fused op really ran."""
-    calls = []
-    op = cpu_fused.ms2d_branch
-    monkeypatch.setattr(cpu_fused, 'ms2d_branch', lambda *a, **k: calls.append(1) or op(*a, **k))
+    calls = spy(monkeypatch, 'ms2d_branch')
     with torch.no_grad():
         monkeypatch.setenv(cpu_fused.ENV_FUSED, '0')
         unfused = module(x)
@@ -78,8 +89,7 @@ def test_multi_direction_full_res_split_uses_unfused_path(monkeypatch):
     """ms_split (2, 2) scans two directions at full resolution: the fused epilogue needs
     one, so the module keeps the unfused ops (and still works)."""
     module = randomised(MultiScaleSS2D(16, ms_split=(2, 2)))
-    calls = []
-    monkeypatch.setattr(cpu_fused, 'ms2d_branch', lambda *a, **k: calls.append(1))
+    calls = spy(monkeypatch, 'ms2d_branch', call_through=False)
     with torch.no_grad():
         out = module(torch.randn(1, 6, 6, 16))
     assert not calls and out.shape == (1, 6, 6, 16)
@@ -88,9 +98,7 @@ def test_multi_direction_full_res_split_uses_unfused_path(monkeypatch):
 def test_training_uses_autograd_path_and_frozen_module_fuses(monkeypatch):
     module = randomised(MultiScaleSS2D(16))
     x = torch.randn(1, 6, 6, 16)
-    calls = []
-    op = cpu_fused.ms2d_branch
-    monkeypatch.setattr(cpu_fused, 'ms2d_branch', lambda *a, **k: calls.append(1) or op(*a, **k))
+    calls = spy(monkeypatch, 'ms2d_branch')
     module(x).sum().backward()  # parameters need gradients: unfused
     assert not calls and module.x_proj_weight.grad is not None
     module.requires_grad_(False)
@@ -103,8 +111,7 @@ def test_training_uses_autograd_path_and_frozen_module_fuses(monkeypatch):
 
 def test_non_float32_inputs_use_unfused_path(monkeypatch):
     module = randomised(MultiScaleSS2D(16)).double()
-    calls = []
-    monkeypatch.setattr(cpu_fused, 'ms2d_branch', lambda *a, **k: calls.append(1))
+    calls = spy(monkeypatch, 'ms2d_branch', call_through=False)
     with torch.no_grad():
         module(torch.randn(1, 5, 5, 16, dtype=torch.float64))
     assert not calls
@@ -122,8 +129,7 @@ def test_autocast_uses_unfused_path(monkeypatch):
 def test_tracing_records_the_unfused_ops(monkeypatch):
     """FLOP counters trace the model (torch.jit.trace): they must see the plain ops."""
     module = randomised(MultiScaleSS2D(16))
-    calls = []
-    monkeypatch.setattr(cpu_fused, 'ms2d_branch', lambda *a, **k: calls.append(1))
+    calls = spy(monkeypatch, 'ms2d_branch', call_through=False)
     with torch.no_grad():
         torch.jit.trace(module, torch.randn(1, 6, 6, 16), check_trace=False)
     assert not calls
@@ -188,10 +194,7 @@ def test_convffn_fused_matches_unfused(channels, hidden, size, batch, monkeypatc
             p.add_(0.1 * torch.randn_like(p))
     module.eval()
     x = torch.randn(batch, *size, channels)
-    calls = []
-    op = cpu_fused.convffn_dwconv_gelu
-    monkeypatch.setattr(cpu_fused, 'convffn_dwconv_gelu',
-                        lambda *a: calls.append(1) or op(*a))
+    calls = spy(monkeypatch, 'convffn_dwconv_gelu')
     with torch.no_grad():
         monkeypatch.setenv(cpu_fused.ENV_FUSED, '0')
         unfused = module(x)
@@ -204,7 +207,7 @@ def test_convffn_fused_matches_unfused(channels, hidden, size, batch, monkeypatc
     bias = torch.randn(24)
     t = (h + bias).permute(0, 3, 1, 2)
     expected = F.gelu(t + F.conv2d(t, w5, b5, padding=2, groups=24)).permute(0, 2, 3, 1)
-    assert_close(op(h, bias, w5, b5), expected)
+    assert_close(cpu_fused.convffn_dwconv_gelu(h, bias, w5, b5), expected)
 
 
 def test_convffn_gelu_matches_torch_over_its_range():
