@@ -1,18 +1,20 @@
-"""Shared data for the backbone tests: the reference files and small architectures that
-run fast with the reference selective scan."""
-import json
-import os
+"""Shared data for the backbone tests: the seeded reference files of the upstream code
+(tests/data/seeded, see its README), the weight rule that rebuilds their official state
+dicts, and small architectures that run fast with the reference selective scan."""
+import importlib.util
+import math
+from collections import OrderedDict
 from pathlib import Path
+from typing import Dict, List, Sequence
 
-import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
-# The official key manifests are small and copied into the repo; the upstream reference
-# vectors (20 MB) are read from the shared folder beside the checkout (../shared/reference),
-# or from MSVMAMBA_REFERENCE_DIR; tests needing them skip if they are absent.
-MANIFESTS = REPO / 'tests' / 'data' / 'reference'
-REFERENCE = Path(os.environ.get('MSVMAMBA_REFERENCE_DIR', REPO.parent / 'shared' / 'reference'))
+SEEDED_DIR = REPO / 'tests' / 'data' / 'seeded'
+CONVERTER = REPO / 'tools' / 'model_converters' / 'msvmamba2mmpretrain.py'
+# The six released architectures, each with a seeded_<arch>.pt.
+VARIANTS = ('nano', 'micro', 'tiny', 'v3_tiny', 'v3_small', 'v3_base')
+MASTER_VARIANTS = ('nano', 'micro', 'tiny')
 
 # Smallest widths/depths that still exercise every module of each architecture.
 SMALL_MASTER = dict(base='tiny', dims=16, depths=(1, 1, 1, 1))
@@ -20,22 +22,60 @@ SMALL_V3 = dict(base='v3_tiny', dims=16, depths=(1, 1, 1, 1))
 SMALL_V3_GATED = dict(base='v3_base', dims=16, depths=(1, 1, 1, 1))
 
 
-def reference_path(name: str) -> Path:
-    path = MANIFESTS / name
-    if not path.exists():
-        path = REFERENCE / name
-    if not path.exists():
-        pytest.skip(f'reference data {path} not available')
-    return path
+def load_converter():
+    """The converter script as a module (to call its main() in-process)."""
+    spec = importlib.util.spec_from_file_location('msvmamba2mmpretrain', CONVERTER)
+    converter = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(converter)
+    return converter
 
 
-def load_manifest(name: str) -> dict:
-    return json.loads(reference_path(f'{name}.json').read_text())
+def load_seeded(arch: str) -> dict:
+    """The reference file of ``arch``. A missing file is an error, never a skip: these
+    files are part of the repository."""
+    path = SEEDED_DIR / f'seeded_{arch}.pt'
+    if not path.is_file():
+        raise FileNotFoundError(f'{path} is missing: it is tracked in the repository '
+                                '(tests/data/seeded); restore it with git checkout')
+    return torch.load(path, weights_only=True)  # tensors, strings and numbers only
 
 
-def load_vectors(name: str) -> dict:
-    # Reference files we made ourselves: trusted, hence weights_only=False.
-    return torch.load(reference_path(f'{name}.pt'), weights_only=False)
+def seeded_tensor(index: int, key: str, shape: Sequence[int]) -> torch.Tensor:
+    """The value the weight rule gives official entry number ``index`` (first match)."""
+    g = torch.Generator().manual_seed(7000 + index)
+    shape = tuple(shape)
+    if key.endswith('A_logs'):
+        return torch.rand(shape, generator=g) * 0.7
+    if key.endswith('Ds'):
+        return 1 + 0.2 * torch.randn(shape, generator=g)
+    if key.endswith('dt_projs_bias'):
+        log_lo, log_hi = math.log(0.001), math.log(0.1)
+        dt = torch.exp(torch.rand(shape, generator=g) * (log_hi - log_lo) + log_lo)
+        return dt + torch.log(-torch.expm1(-dt))  # softplus inverse
+    if len(shape) == 1:
+        if 'norm' in key and key.endswith('weight'):
+            return 1 + 0.1 * torch.randn(shape, generator=g)
+        return 0.05 * torch.randn(shape, generator=g)
+    return torch.randn(shape, generator=g) / math.sqrt(max(1, math.prod(shape[1:])))
+
+
+def seeded_state_dict(entries: List[list], first_index: int = 0) -> Dict[str, torch.Tensor]:
+    """Official state dict of ``[key, shape]`` entries, numbered from ``first_index``."""
+    return OrderedDict((key, seeded_tensor(first_index + i, key, shape))
+                       for i, (key, shape) in enumerate(entries))
+
+
+def assert_checksums(state_dict: Dict[str, torch.Tensor], checksums: torch.Tensor):
+    """``[sum, abs_sum]`` (float64) of each tensor against the file's: a wrong fill is
+    reported as such, before any output is compared."""
+    ours = torch.tensor([[v.double().sum().item(), v.double().abs().sum().item()]
+                         for v in state_dict.values()], dtype=torch.float64)
+    assert ours.shape == checksums.shape, f'{len(ours)} tensors vs {len(checksums)} checksums'
+    # a sum may cancel: its error is measured against the abs_sum
+    err = (ours - checksums).abs().max(1).values / checksums[:, 1].clamp_min(1e-30)
+    worst = int(err.argmax())
+    assert err[worst] <= 1e-12, (f'seeded weight {list(state_dict)[worst]}: checksums '
+                                 f'{ours[worst].tolist()} vs {checksums[worst].tolist()}')
 
 
 def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

@@ -3,9 +3,10 @@
 
     python tools/model_converters/msvmamba2mmpretrain.py IN OUT [--ema]
 
-IN is an upstream training checkpoint (weights under 'model' and 'model_ema', next to
-optimizer state and a yacs config; yacs is not needed, see projects/msvmamba/checkpoint.py)
-of either branch (master Nano/Micro/Tiny or v2 MSVMambav3). OUT is
+IN is an upstream training checkpoint of either branch (master Nano/Micro/Tiny or v2
+MSVMambav3): weights under 'model' and 'model_ema', next to optimizer state and a yacs
+config. It is read with torch.load(weights_only=True), yacs not needed
+(projects/msvmamba/checkpoint.py); a file that asks for more is refused, never run. OUT is
 ``{'state_dict': ..., 'meta': ...}`` for an mmpretrain ImageClassifier with
 ``backbone=dict(type='MSVMamba', arch=...)``, a GlobalAveragePooling neck and a
 LinearClsHead: ``classifier.norm.*`` -> ``backbone.final_norm.*``,
@@ -21,8 +22,9 @@ import torch
 # this checkout's code first, whatever else is installed
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
-from projects.msvmamba.checkpoint import (convert_to_mmpretrain,  # noqa: E402
-                                          extract_state_dict, load_checkpoint_file)
+from projects.msvmamba.checkpoint import (CheckpointError,  # noqa: E402
+                                          convert_to_mmpretrain, extract_state_dict,
+                                          load_checkpoint_file)
 
 
 def parse_args(argv=None):
@@ -36,7 +38,10 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    ckpt, _ = load_checkpoint_file(args.src)
+    try:
+        ckpt = load_checkpoint_file(args.src)
+    except CheckpointError as err:  # the message names the file and the fix
+        raise SystemExit(f'error: {err}')
     state_dict, where = extract_state_dict(ckpt, use_ema=args.ema, source=args.src)
     if not any(k.startswith('classifier.head.') for k in state_dict):
         raise SystemExit(f'{args.src} ({where}) has no classifier.head.*: not a '
