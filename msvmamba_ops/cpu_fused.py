@@ -1,44 +1,102 @@
-"""Fused CPU inference passes of the MSVMamba block: ``msvmamba_cpu::ms2d_branch`` (a token
-mixer branch) and ``msvmamba_cpu::convffn_dwconv_gelu`` (the middle of the ConvFFN).
+"""The CPU inference fast path of the MSVMamba block, kept apart from the model's math (as
+``torch.nn.MultiheadAttention`` keeps its fast path apart).
 
-The backbone's autograd path runs a branch of its token mixer as a chain of ops (layout copy
-or gather into channel-major sequences, x/dt projections as matmuls, :func:`selective_scan`,
-LayerNorm, a gather + sum merging the scan directions, upsampling, pooling and gating
-passes). When no gradient is needed, on float32 CPU tensors, the backbone calls this op
-instead: one pass per scan step over the step's E channels does all of that (the kernel's
-header comment, ``csrc/cpu/ms2d_cpu.cpp``, lists the math); likewise for the ConvFFN's bias,
-depthwise conv, residual and GELU (``csrc/cpu/convffn_cpu.cpp``). Same results to float32
-rounding; ``tests/ops/test_cpu_fused.py`` checks the ops against the unfused ones and
-``tests/backbone`` the whole backbone against the official reference outputs.
+The backbone's modules (``projects/msvmamba/msvmamba.py``) compute their forward as plain
+tensor ops. When :func:`fast_path_eligible` says so, ``MultiScaleSS2D`` and ``ConvFFN``
+return :func:`ms2d_forward` / :func:`convffn_forward` instead, which run the same math
+through two fused C++ ops:
 
-The fused pass contains its own scan, so it is used only when the scan backend is left to
-``auto`` or set to ``cpu`` (``MSVMAMBA_SCAN_BACKEND``); ``MSVMAMBA_FUSED_CPU=0`` turns it
-off (e.g. to time the unfused ops).
+* ``msvmamba_cpu::ms2d_branch`` (:func:`ms2d_branch`): one token-mixer branch (depthwise
+  conv, SiLU, x/dt projections, the selective scan, out_norm, the merge of the scan
+  directions and, for the full-resolution branch, the upsampled low-res sum, squeeze-excite
+  pooling and the SiLU gate) in one pass per scan step over the step's E channels
+  (``csrc/cpu/ms2d_cpu.cpp`` lists the math);
+* ``msvmamba_cpu::convffn_dwconv_gelu`` (:func:`convffn_dwconv_gelu`): the ConvFFN's
+  bias, depthwise conv, residual and GELU (``csrc/cpu/convffn_cpu.cpp``).
+
+Same results to float32 rounding: ``tests/ops/test_cpu_fused.py`` checks them against the
+plain modules, ``tests/backbone`` the whole backbone against the official reference outputs.
+
+The fast path is taken only in inference on float32 CPU tensors with the ops built, and
+never while a tracer, compiler or exporter records the model (they must see the plain ops,
+which FLOP handles, graph passes and ONNX know); :func:`why_not_fast_path` lists every
+condition. ``MSVMAMBA_FUSED_CPU=0`` turns it off (e.g. to time the plain modules); a scan
+backend other than ``auto``/``cpu`` in ``MSVMAMBA_SCAN_BACKEND`` also does, since the fused
+op carries its own scan.
 """
 import os
 from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from . import cpu_scan
 from .scan import ENV_BACKEND
+from .scan_order import scan_indices
 
 ENV_FUSED = 'MSVMAMBA_FUSED_CPU'
-_available: Optional[bool] = None
+_built_reason: Optional[str] = None  # why the ops cannot be loaded ('' once they can)
+
+
+def unavailable_reason() -> Optional[str]:
+    """None if the fused ops are built and the environment allows them, else why not."""
+    global _built_reason
+    if os.environ.get(ENV_FUSED, '1') == '0':
+        return f'{ENV_FUSED}=0'
+    backend = (os.environ.get(ENV_BACKEND) or 'auto').strip().lower()
+    if backend not in ('auto', 'cpu'):
+        return f'{ENV_BACKEND}={backend} (the fused ops carry the cpu scan)'
+    if _built_reason is None:
+        reason = cpu_scan.unavailable_reason()
+        if reason is None and not hasattr(cpu_scan.ops(), 'ms2d_branch'):
+            reason = 'the cpu extension was built without the fused ops'
+        _built_reason = reason or ''
+    return _built_reason or None
 
 
 def is_available() -> bool:
-    """True if the fused op is built and the environment allows it (see module docstring)."""
-    global _available
-    if os.environ.get(ENV_FUSED, '1') == '0':
-        return False
-    if os.environ.get(ENV_BACKEND, 'auto') not in ('auto', 'cpu'):
-        return False
-    if _available is None:
-        _available = cpu_scan.is_available() and hasattr(cpu_scan.ops(), 'ms2d_branch')
-    return _available
+    """True if the fused ops are built and the environment allows them."""
+    return unavailable_reason() is None
 
+
+def why_not_fast_path(module: torch.nn.Module, x: Tensor,
+                      supported: bool = True) -> Optional[str]:
+    """None when the fused ops may stand in for ``module``'s forward on ``x``, else the first
+    reason they may not. ``supported``: the module's configuration is one the fused op
+    covers."""
+    # Graph capture first (cheap, and no further checks get traced into a graph).
+    # is_compiling is True under torch.compile and torch.export's dynamo tracing alike.
+    if torch.compiler.is_compiling():
+        return 'torch.compile or torch.export is tracing'
+    if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+        return 'the model is being exported'
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        return 'torch.jit is tracing or scripting'
+    if module.training:
+        return 'training mode'
+    if not supported:
+        return 'a configuration the fused op does not cover'
+    if type(x) is not torch.Tensor:  # fake, functional or distributed tensors
+        return f'the input is a {type(x).__name__}'
+    if x.device.type != 'cpu' or x.dtype != torch.float32:
+        return f'a {x.dtype} input on {x.device.type} (the ops take float32 CPU tensors)'
+    if torch.is_autocast_enabled('cpu'):  # the plain matmuls would run in bf16/fp16
+        return 'CPU autocast is on'
+    params = list(module.parameters())
+    if any(p.dtype != torch.float32 or p.device.type != 'cpu' for p in params):
+        return 'parameters that are not float32 CPU tensors'
+    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+        return 'autograd needs gradients (the ops are forward only)'
+    return unavailable_reason()
+
+
+def fast_path_eligible(module: torch.nn.Module, x: Tensor, supported: bool = True) -> bool:
+    """Whether ``module(x)`` may run on the fused ops (see :func:`why_not_fast_path`)."""
+    return why_not_fast_path(module, x, supported) is None
+
+
+# ---------------------------------------------------------------------------- the ops
 
 def ms2d_branch(x: Tensor,
                 conv_weight: Tensor,
@@ -53,7 +111,6 @@ def ms2d_branch(x: Tensor,
                 D: Optional[Tensor],
                 norm: Optional[Tuple[Tensor, Tensor]],
                 eps: float,
-                silu: bool = True,
                 low: Optional[Tensor] = None,
                 nearest: bool = False,
                 post_norm: Optional[Tuple[Tensor, Tensor]] = None,
@@ -64,7 +121,7 @@ def ms2d_branch(x: Tensor,
     Args:
         x: (B, Hin, Win, E) channel-last map before the branch's depthwise conv.
         conv_weight, conv_bias, stride, padding: the depthwise conv ((E, 1, k, k) weight,
-            (E,) bias or None, zero padding); its output map is (H, W).
+            (E,) bias or None, zero padding), followed by SiLU; its output map is (H, W).
         order: (K*H*W,) int64, the map position of each scan step (K directions, each a
             permutation of the positions), or None: one row-major direction.
         x_proj_weight: (R + 2N, E); dt_proj_weight: (E, R); dt_bias: (E,);
@@ -72,7 +129,6 @@ def ms2d_branch(x: Tensor,
         norm: (weight, bias) of a LayerNorm applied to each step's output before the
             directions are merged (master's per-branch out_norm), or None.
         eps: LayerNorm epsilon (both norms).
-        silu: apply SiLU to the conv output.
         low, nearest, post_norm, z, pool: the full-resolution epilogue (one direction only):
             add ``low`` (B, h, w, E) upsampled to (H, W) (bilinear, align_corners=False, or
             nearest), then LayerNorm ``post_norm`` (v3's merged out_norm), sum the result
@@ -85,10 +141,9 @@ def ms2d_branch(x: Tensor,
     """
     nw, nb = norm if norm is not None else (None, None)
     pw, pb = post_norm if post_norm is not None else (None, None)
-    out, pooled = cpu_scan.ops().ms2d_branch(x, conv_weight, conv_bias, stride, padding, silu,
-                                             order, x_proj_weight, dt_proj_weight, dt_bias, A,
-                                             D, nw, nb, float(eps), low, nearest, pw, pb, z,
-                                             pool)
+    out, pooled = cpu_scan.ops().ms2d_branch(x, conv_weight, conv_bias, stride, padding, order,
+                                             x_proj_weight, dt_proj_weight, dt_bias, A, D, nw,
+                                             nb, float(eps), low, nearest, pw, pb, z, pool)
     return out, (pooled if pool else None)
 
 
@@ -108,22 +163,62 @@ def convffn_dwconv_gelu(h: Tensor, in_bias: Optional[Tensor], weight: Tensor,
     return cpu_scan.ops().convffn_dwconv_gelu(h, in_bias, weight, bias)
 
 
-def can_replace(module: torch.nn.Module, x: Tensor) -> bool:
-    """Whether a fused op may stand in for ``module``'s forward on ``x``: float32 CPU
-    tensors outside autocast and tracing, no gradient needed, the op built and allowed
-    (:func:`is_available`)."""
-    if x.device.type != 'cpu' or x.dtype != torch.float32:
-        return False
-    if torch.is_autocast_enabled('cpu'):  # the module's matmuls would return bf16/fp16
-        return False
-    # Tracers (torch.jit.trace, which mmengine's FlopAnalyzer uses; torch.compile) record
-    # the plain modules' ops: FLOP handles and graph passes know those.
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return False
-    if torch.is_grad_enabled() and (x.requires_grad
-                                    or any(p.requires_grad for p in module.parameters())):
-        return False
-    return is_available()
+# ---------------------------------------------------------------------------- the modules
+
+def convffn_forward(m: torch.nn.Module, x: Tensor) -> Tensor:
+    """``ConvFFN.forward`` (eval) with the bias, conv, residual and GELU in one pass."""
+    g = convffn_dwconv_gelu(F.linear(x, m.linear1.weight.flatten(1)), m.linear1.bias,
+                            m.dwc.weight, m.dwc.bias)
+    return F.linear(g, m.linear2.weight.flatten(1), m.linear2.bias)
 
 
-__all__ = ['ms2d_branch', 'convffn_dwconv_gelu', 'can_replace', 'is_available', 'ENV_FUSED']
+def _conv_args(conv: torch.nn.Conv2d) -> dict:
+    return dict(conv_weight=conv.weight, conv_bias=conv.bias, stride=conv.stride[0],
+                padding=conv.padding[0])
+
+
+def _ssm_args(m: torch.nn.Module, group: int) -> dict:
+    """The scan parameters of group ``group`` (A = -exp(A_log))."""
+    rows = slice(group * m.inner_channels, (group + 1) * m.inner_channels)
+    return dict(x_proj_weight=m.x_proj_weight[group], dt_proj_weight=m.dt_projs_weight[group],
+                dt_bias=m.dt_projs_bias[group], A=-torch.exp(m.A_logs[rows]), D=m.Ds[rows])
+
+
+def ms2d_forward(m: torch.nn.Module, x: Tensor) -> Tensor:
+    """``MultiScaleSS2D.forward`` (eval, one full-resolution direction) with everything
+    between in_proj and out_proj in two :func:`ms2d_branch` calls (low-res branch, then the
+    full-res branch with the merge epilogue). x: (B, H, W, C)."""
+    batch, H, W, _ = x.shape
+    inner = m.inner_channels
+    x_in = F.linear(x, m.in_proj.weight[:inner])
+    z = F.linear(x, m.in_proj.weight[inner:]).view(batch, H * W, inner) if m.gate else None
+    norm = (m.out_norm.weight, m.out_norm.bias)
+    per_branch = m.out_norm_mode == 'per_branch'
+    low_conv = m.conv2d_b1
+    h, w = [(n + 2 * low_conv.padding[0] - low_conv.kernel_size[0]) // low_conv.stride[0] + 1
+            for n in (H, W)]
+    order, _ = scan_indices(h, w, m.low_directions, x.device)
+    y_low, _ = ms2d_branch(x_in, **_conv_args(low_conv), order=order,
+                           **_ssm_args(m, m.low_res_group), norm=norm if per_branch else None,
+                           eps=m.out_norm.eps)
+    y, pooled = ms2d_branch(x_in, **_conv_args(m.conv2d), order=None,
+                            **_ssm_args(m, m.full_res_group),
+                            norm=norm if per_branch else None, eps=m.out_norm.eps,
+                            low=y_low.view(batch, h, w, inner),
+                            nearest=m.upsample_mode == 'nearest',
+                            post_norm=None if per_branch else norm, z=z,
+                            pool=m.se is not None)
+    if m.se is None:
+        return m.out_proj(y).view(batch, H, W, -1)
+    # Squeeze-excite scales the E input channels of out_proj per image: scale whichever
+    # is smaller, y (B, H*W, E) or a per-image copy of the weight (B, C, E).
+    scale = m.se.fc(pooled / (H * W))
+    weight = m.out_proj.weight
+    if weight.shape[0] < H * W:
+        weight = weight[None] * scale[:, None, :]
+        return torch.bmm(y, weight.transpose(1, 2)).view(batch, H, W, -1)
+    return m.out_proj(y.mul_(scale[:, None, :])).view(batch, H, W, -1)
+
+
+__all__ = ['fast_path_eligible', 'why_not_fast_path', 'is_available', 'unavailable_reason',
+           'ms2d_forward', 'convffn_forward', 'ms2d_branch', 'convffn_dwconv_gelu', 'ENV_FUSED']

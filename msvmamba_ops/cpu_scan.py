@@ -1,10 +1,14 @@
 """The ``cpu`` backend: fused C++ kernel (``csrc/cpu/selective_scan_cpu.cpp``), forward and
 backward, parallel over rows with OpenMP, vectorised (AVX2/AVX-512 copies picked at run time
-on x86-64). Inputs follow the backend interface of docs/TEAM_NOTES.md.
+on x86-64). Inputs follow the backend interface of docs/development.md.
 """
-from typing import Optional
+from typing import Dict, Optional
 
-from .build import ExtensionError, load_extension
+from .build import ExtensionError, cache_root, load_extension
+
+# Why the cached build could not be opened, per cache folder: probing again would hash the
+# sources on every scan call (~0.2 ms) when the kernel is not built.
+_failed_probes: Dict[str, str] = {}
 
 
 def ops(build: bool = True):
@@ -13,11 +17,18 @@ def ops(build: bool = True):
 
 
 def unavailable_reason(build: bool = False) -> Optional[str]:
-    """None if the kernel can be used (without compiling, unless ``build``), else why not."""
+    """None if the kernel can be used (without compiling, unless ``build``), else why not.
+    A failed probe without ``build`` is remembered for the process (per cache folder)."""
+    root = str(cache_root())
+    if not build and root in _failed_probes:
+        return _failed_probes[root]
     try:
         ops(build=build)
     except ExtensionError as exc:
+        if not build:
+            _failed_probes[root] = str(exc)
         return str(exc)
+    _failed_probes.pop(root, None)
     return None
 
 

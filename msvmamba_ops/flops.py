@@ -2,18 +2,17 @@
 
 mmengine's ``FlopAnalyzer`` traces the model with the jit tracer; the scan appears in that
 graph as one node of kind ``msvmamba::selective_scan_fwd`` (our torch.library op), which it
-does not know. Counting convention (spec §9.20, upstream ``flops()``): 9·Bt·L·D·N for the
-scan, plus Bt·D·L when D is given.
+does not know. Counting convention (docs/architecture.md §9.20, upstream ``flops()``):
+9·Bt·L·D·N for the scan, plus Bt·D·L when D is given.
 
-Use::
+Use, through mmengine's public ``set_op_handle``::
 
-    from mmengine.analysis import FlopAnalyzer
-    from msvmamba_ops.flops import MSVMAMBA_FLOP_HANDLES
+    from mmengine.analysis import ActivationAnalyzer, FlopAnalyzer
+    from msvmamba_ops.flops import MSVMAMBA_ACTIVATION_HANDLES, MSVMAMBA_FLOP_HANDLES
     flops = FlopAnalyzer(model, inputs).set_op_handle(**MSVMAMBA_FLOP_HANDLES).total()
+    acts = ActivationAnalyzer(model, inputs).set_op_handle(**MSVMAMBA_ACTIVATION_HANDLES)
 
-or call :func:`register_flop_handles` once, after which every new ``FlopAnalyzer`` and
-``ActivationAnalyzer`` (also those inside ``mmengine.analysis.get_model_complexity_info``)
-count the scan.
+(``tools/analysis_tools/get_flops.py`` does this for a config's model.)
 """
 from typing import Any, List, Optional, Sequence
 
@@ -28,7 +27,7 @@ def _sizes(value) -> Optional[Sequence[int]]:
 
 
 def scan_flops(batch: int, dim: int, length: int, nstate: int, with_D: bool) -> int:
-    """9·Bt·L·D·N (+ Bt·D·L with D), the convention of spec §9.20."""
+    """9·Bt·L·D·N (+ Bt·D·L with D): docs/architecture.md §9.20."""
     return 9 * batch * length * dim * nstate + (batch * dim * length if with_D else 0)
 
 
@@ -60,10 +59,3 @@ def scan_activation_jit(inputs: List[Any], outputs: List[Any]) -> int:
 MSVMAMBA_FLOP_HANDLES = {SCAN_OP: scan_flop_jit}
 MSVMAMBA_ACTIVATION_HANDLES = {SCAN_OP: scan_activation_jit}
 
-
-def register_flop_handles() -> None:
-    """Make every FlopAnalyzer / ActivationAnalyzer created from now on count the scan, also
-    the ones inside ``mmengine.analysis.get_model_complexity_info`` (idempotent)."""
-    from mmengine.analysis import complexity_analysis
-    complexity_analysis._DEFAULT_SUPPORTED_FLOP_OPS.update(MSVMAMBA_FLOP_HANDLES)
-    complexity_analysis._DEFAULT_SUPPORTED_ACT_OPS.update(MSVMAMBA_ACTIVATION_HANDLES)

@@ -1,6 +1,6 @@
 """Plain sequential PyTorch selective scan: the oracle the fast backends are tested against.
 
-Semantics (spec §3.6), for batch b, channel d, state n, time t, with h_{-1} = 0:
+Semantics (docs/architecture.md §3.6), for batch b, channel d, state n, time t, with h_{-1} = 0:
     dt_{b,d,t}   = softplus(delta + delta_bias) if delta_softplus else delta + delta_bias
     h_{b,d,n,t}  = exp(dt * A_{d,n}) * h_{b,d,n,t-1} + dt * B_{b,g,n,t} * u_{b,d,t}
     y_{b,d,t}    = sum_n C_{b,g,n,t} * h_{b,d,n,t} + D_d * u_{b,d,t}
@@ -9,7 +9,7 @@ where channel d belongs to group g = d // (D / G).
 It loops over time with one vectorised step over all (batch, channel, state) per index, is
 differentiable by autograd and runs in float64 when given float64 inputs (gradcheck).
 
-It is also the 'reference' backend (``fwd``/``bwd``, docs/TEAM_NOTES.md). Its ``bwd`` is an
+It is also the 'reference' backend (``fwd``/``bwd``, docs/development.md). Its ``bwd`` is an
 explicit reverse-time loop (a backend runs below autograd, so it cannot call autograd); the
 tests check it against autograd through :func:`selective_scan_ref` and numerical gradients.
 """
@@ -36,7 +36,7 @@ def _discretize(u, delta, A, B, C, delta_bias, delta_softplus):
     u, v, A = u.to(acc), delta.to(acc), A.to(acc)
     if delta_bias is not None:
         v = v + delta_bias.to(acc)[:, None]
-    dt = F.softplus(v) if delta_softplus else v  # log1p(exp(v)) for v <= 20, v above: spec
+    dt = F.softplus(v) if delta_softplus else v  # log1p(exp(v)) for v <= 20, v above
     # Expand groups to channels: (Bt, G, N, L) -> (Bt, D, N, L).
     B = B.to(acc).repeat_interleave(dim // groups, dim=1)
     C = C.to(acc).repeat_interleave(dim // groups, dim=1)
@@ -79,7 +79,7 @@ def selective_scan_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
     return y if out_float and in_dtype != torch.float64 else y.to(in_dtype)
 
 
-# ---- backend interface (docs/TEAM_NOTES.md): fwd / bwd on validated, normalised inputs ----
+# ---- backend interface (docs/development.md): fwd / bwd on validated, normalised inputs ----
 
 def fwd(u, delta, A, B, C, D, delta_bias, delta_softplus: bool, out_float: bool):
     with torch.no_grad():

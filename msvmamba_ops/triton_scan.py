@@ -1,12 +1,12 @@
 """Triton backend for the selective scan (forward and backward).
 
-Backend interface (docs/TEAM_NOTES.md)::
+Backend interface (docs/development.md)::
 
     fwd(u, delta, A, B, C, D, delta_bias, delta_softplus, out_float) -> out
     bwd(u, delta, A, B, C, D, delta_bias, dout, delta_softplus)
         -> (du, ddelta, dA, dB, dC, dD or None, ddelta_bias or None)
 
-Math (spec §3.6), per batch b, channel d (group g = d // (D / G)), state n, time t:
+Math (docs/architecture.md §3.6), per batch b, channel d (group g = d // (D / G)), state n, time t:
     dt_t = softplus(delta_t + bias) (or delta_t + bias),  a_t = exp(dt_t * A[d, n]),
     h_t = a_t * h_{t-1} + dt_t * B[g, n, t] * u_t,        y_t = sum_n C[g, n, t] h_t + D u_t.
 

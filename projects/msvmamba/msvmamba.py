@@ -19,7 +19,6 @@ branch the gather that also orders the directions) and the outputs return to tok
 once (in the LayerNorm / merge that follows).
 """
 import copy
-import functools
 import math
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -29,6 +28,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 
 from msvmamba_ops import cpu_fused, selective_scan
+from msvmamba_ops.cpu_fused import fast_path_eligible
+from msvmamba_ops.scan_order import DIRECTIONS, scan_indices
 
 from .checkpoint import load_pretrained
 
@@ -46,11 +47,6 @@ except ImportError:  # pragma: no cover - exercised only without mmengine
         def init_weights(self):
             pass
 
-
-# Scan directions, in the order MSVMamba assigns them: with ms_split = (1, 3) the first one
-# runs on the full-resolution map and the other three, concatenated into one sequence, on
-# the half-resolution map (spec §3.1).
-SCAN_DIRECTIONS = ('row', 'row_reversed', 'column', 'column_reversed')
 
 _MASTER = dict(
     stem='conv4x4',  # upstream patch-embed "v1": 4x4/s4 conv + LN
@@ -115,38 +111,40 @@ class DropPath(nn.Module):
         return f'drop_prob={self.drop_prob}'
 
 
-def _can_overwrite(t: torch.Tensor) -> bool:
-    """True when autograd does not track ``t``, so an op may write its result into ``t``.
+def depthwise_conv(channels: int, kernel: int, stride: int = 1) -> nn.Conv2d:
+    """Depthwise k x k conv with zero padding k // 2, applied to channels_last views.
 
-    Only used on fresh intermediates that nothing else reads afterwards. In inference every
-    full-size temporary avoided saves an allocation, the page faults of first touching it
-    and a pass over memory: the early stages are bound by memory traffic, not by FLOPs.
+    The weight is stored with channels_last strides, (k*k, 1, k, 1): for an (E, 1, k, k)
+    tensor the same memory order as the default, but the strides its gradients arrive with
+    (the input is channels_last), so parameter and gradient keep one layout and DDP's
+    gradient buckets take them without a copy or a stride warning.
     """
-    return not t.requires_grad
+    conv = nn.Conv2d(channels, channels, kernel, stride=stride, padding=kernel // 2,
+                     groups=channels)
+    conv.weight.data = conv.weight.data.to(memory_format=torch.channels_last)
+    return conv
 
 
-def _silu_(t: torch.Tensor) -> torch.Tensor:
-    """SiLU of a fresh intermediate, in place when autograd allows."""
-    return F.silu(t, inplace=_can_overwrite(t))
+def _writable(fresh: torch.Tensor, other: Optional[torch.Tensor] = None) -> bool:
+    """Whether ``fresh``, a temporary of this forward that nothing else reads, may take the
+    result of an elementwise op with ``other`` (same dtype, broadcasting into fresh's
+    shape): autograd does not track it and no compiler traces the forward."""
+    return (not torch.compiler.is_compiling() and not fresh.requires_grad
+            and (other is None or other.dtype == fresh.dtype))
 
 
-def _fits_in_place(fresh: torch.Tensor, other: torch.Tensor) -> bool:
-    """The out-of-place result of ``fresh (op) other`` would have fresh's shape and dtype
-    (e.g. not a bf16 temporary plus an fp32 residual under autocast) and autograd allows
-    overwriting fresh."""
-    return (_can_overwrite(fresh) and torch.result_type(fresh, other) == fresh.dtype
-            and torch.broadcast_shapes(fresh.shape, other.shape) == fresh.shape)
+# In place pays in the token mixer only: -4 to -5% time of a plain Tiny eval forward (CPU,
+# batch 8, 224x224, 2026-11-30, 3 alternating runs); in the ConvFFN and residuals: 0.
+def _silu_into(fresh: torch.Tensor) -> torch.Tensor:
+    return F.silu(fresh, inplace=_writable(fresh))
 
 
 def _add_into(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """``fresh + other``, written into ``fresh`` (a temporary) when possible. Same values
-    either way (IEEE addition is commutative)."""
-    return fresh.add_(other) if _fits_in_place(fresh, other) else fresh + other
+    return fresh.add_(other) if _writable(fresh, other) else fresh + other
 
 
 def _mul_into(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """``fresh * other``, written into ``fresh`` (a temporary) when possible."""
-    return fresh.mul_(other) if _fits_in_place(fresh, other) else fresh * other
+    return fresh.mul_(other) if _writable(fresh, other) else fresh * other
 
 
 class SqueezeExcite(nn.Module):
@@ -165,14 +163,11 @@ class SqueezeExcite(nn.Module):
             nn.Linear(channels, hidden, bias=False), nn.ReLU(inplace=True),
             nn.Linear(hidden, channels, bias=False), nn.Sigmoid())
 
-    def forward(self, x: torch.Tensor, overwrite_input: bool = False) -> torch.Tensor:
-        """``overwrite_input``: the caller's x is a temporary; scale it in place (when
-        autograd allows) instead of allocating the result."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         # adaptive_avg_pool2d (rather than mean) is the op upstream uses: it keeps FLOP
         # counts identical and has a channels-last kernel.
         pooled = F.adaptive_avg_pool2d(x.permute(0, 3, 1, 2), 1).flatten(1)
-        scale = self.fc(pooled)[:, None, None, :]
-        return _mul_into(x, scale) if overwrite_input else x * scale
+        return x * self.fc(pooled)[:, None, None, :]
 
 
 class ConvFFN(nn.Module):
@@ -192,24 +187,17 @@ class ConvFFN(nn.Module):
         super().__init__()
         self.linear1 = nn.Conv2d(channels, hidden_channels, 1)
         self.linear2 = nn.Conv2d(hidden_channels, channels, 1)
-        self.dwc = nn.Conv2d(hidden_channels, hidden_channels, 3, padding=1,
-                             groups=hidden_channels)
+        self.dwc = depthwise_conv(hidden_channels, 3)
         # Identity when the rate is 0 (every released model): not even a call in eval.
         self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training and cpu_fused.can_replace(self, x):
-            # The bias, conv, residual and GELU in one fused pass (eval on CPU).
-            g = cpu_fused.convffn_dwconv_gelu(F.linear(x, self.linear1.weight.flatten(1)),
-                                              self.linear1.bias, self.dwc.weight, self.dwc.bias)
-            return F.linear(g, self.linear2.weight.flatten(1), self.linear2.bias)
+        if fast_path_eligible(self, x):
+            return cpu_fused.convffn_forward(self, x)
         h = self.drop(F.linear(x, self.linear1.weight.flatten(1), self.linear1.bias))
         # The permuted views are channels_last tensors: the conv runs on them directly.
-        # Its output is a fresh temporary that takes the sum.
-        h = _add_into(self.dwc(h.permute(0, 3, 1, 2)).permute(0, 2, 3, 1), h)
-        # gelu_ has no torch.nn.functional spelling; the aten op is the in-place GELU.
-        h = torch.ops.aten.gelu_(h) if _can_overwrite(h) else F.gelu(h)
-        return self.drop(F.linear(h, self.linear2.weight.flatten(1), self.linear2.bias))
+        h = h + self.dwc(h.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self.drop(F.linear(F.gelu(h), self.linear2.weight.flatten(1), self.linear2.bias))
 
 
 class PatchMerging2D(nn.Module):
@@ -232,36 +220,13 @@ class PatchMerging2D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[1:3]
-        if H % 2 or W % 2:
+        # exported graphs pad always (by 0 or 1): the size is symbolic there
+        exporting = torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+        if exporting or H % 2 or W % 2:
             x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2],
                        x[:, 1::2, 1::2]], dim=-1)
         return self.reduction(self.norm(x))
-
-
-@functools.lru_cache(maxsize=256)
-def _scan_indices(h: int, w: int, directions: Tuple[str, ...],
-                  device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Index tensors of a multi-direction scan of an h x w map.
-
-    Returns ``order`` (k*h*w,): the row-major map position of each token of the
-    concatenated sequence, and ``merge`` (h*w*k,): for each map position, the sequence
-    positions holding it in the k directions (so that a gather + sum over k merges).
-    """
-    # Cached tensors must be ordinary ones even when first made under inference_mode:
-    # gather / index_select save their index for backward in later training steps.
-    with torch.inference_mode(False), torch.no_grad():
-        grid = torch.arange(h * w, device=device).view(h, w)
-        base = {'row': grid.flatten(), 'column': grid.t().flatten()}
-        parts = []
-        for d in directions:
-            order = base[d.replace('_reversed', '')]
-            parts.append(order.flip(0) if d.endswith('_reversed') else order)
-        order = torch.cat(parts)
-        # argsort of a permutation is its inverse: map position -> token, per direction.
-        inverse = torch.argsort(order.view(len(directions), h * w), dim=1)
-        inverse += torch.arange(len(directions), device=device)[:, None] * (h * w)
-        return order, inverse.t().flatten()
 
 
 def _to_sequence(x: torch.Tensor, directions: Tuple[str, ...]) -> torch.Tensor:
@@ -270,7 +235,7 @@ def _to_sequence(x: torch.Tensor, directions: Tuple[str, ...]) -> torch.Tensor:
     if directions == ('row', ):
         return x.contiguous().flatten(2)
     batch, channels, h, w = x.shape
-    order, _ = _scan_indices(h, w, directions, x.device)
+    order, _ = scan_indices(h, w, directions, x.device)
     # (B, E, h*w) as a view in either memory layout (flatten(2) would copy a channels_last
     # map first); the gather reads it strided and writes the sequence in one pass.
     tokens = x.permute(0, 2, 3, 1).flatten(1, 2).transpose(1, 2)
@@ -285,7 +250,7 @@ def _from_sequence(y: torch.Tensor, directions: Tuple[str, ...], h: int,
     if directions == ('row', ):
         return y.unflatten(1, (h, w))
     batch, _, channels = y.shape
-    _, merge = _scan_indices(h, w, directions, y.device)
+    _, merge = scan_indices(h, w, directions, y.device)
     # index_select copies whole token rows (several times faster than a gather with an
     # expanded per-element index); same values.
     gathered = y.index_select(1, merge)
@@ -342,7 +307,7 @@ class MultiScaleSS2D(nn.Module):
         if low_res_group not in (0, 1):
             raise ValueError(f'low_res_group must be 0 or 1, got {low_res_group!r}')
         if (len(ms_split) != 2 or min(ms_split) < 1
-                or sum(ms_split) != len(SCAN_DIRECTIONS)):
+                or sum(ms_split) != len(DIRECTIONS)):
             raise ValueError('ms_split must be two positive direction counts summing to 4 '
                              f'(full-res, low-res), got {tuple(ms_split)}')
         inner = int(ssm_ratio * channels)
@@ -352,8 +317,8 @@ class MultiScaleSS2D(nn.Module):
         self.gate = gate
         self.out_norm_mode = out_norm
         self.upsample_mode = upsample
-        self.full_directions = tuple(SCAN_DIRECTIONS[:ms_split[0]])
-        self.low_directions = tuple(SCAN_DIRECTIONS[ms_split[0]:])
+        self.full_directions = tuple(DIRECTIONS[:ms_split[0]])
+        self.low_directions = tuple(DIRECTIONS[ms_split[0]:])
         self.low_res_group = low_res_group
         self.full_res_group = 1 - low_res_group
         groups = 2
@@ -368,15 +333,15 @@ class MultiScaleSS2D(nn.Module):
         self.out_norm = nn.LayerNorm(inner, eps=norm_eps)
         self.se = SqueezeExcite(inner, se_reduction) if se_reduction else None
         self.in_proj = nn.Linear(channels, inner * (2 if gate else 1), bias=False)
-        self.conv2d = nn.Conv2d(inner, inner, 3, padding=1, groups=inner)
-        self.conv2d_b1 = nn.Conv2d(inner, inner, 7, stride=2, padding=3, groups=inner)
+        self.conv2d = depthwise_conv(inner, 3)
+        self.conv2d_b1 = depthwise_conv(inner, 7, stride=2)
         self.out_proj = nn.Linear(inner, channels, bias=False)
         self.reset_ssm_parameters()
 
     @torch.no_grad()
     def reset_ssm_parameters(self, dt_min: float = 0.001, dt_max: float = 0.1,
                              dt_init_floor: float = 1e-4):
-        """Mamba's initialisation of the raw SSM parameters (spec §3.5)."""
+        """Mamba's initialisation of the raw SSM parameters (docs/architecture.md §3.5)."""
         inner = self.inner_channels
         # Same as nn.Linear's default init of each (R + 2N, E) group.
         nn.init.uniform_(self.x_proj_weight, -inner**-0.5, inner**-0.5)
@@ -402,80 +367,30 @@ class MultiScaleSS2D(nn.Module):
         dt, B, C = torch.split(x_dbl, [rank, n, n], dim=1)
         delta = torch.bmm(self.dt_projs_weight[group].expand(batch, -1, -1), dt)
         rows = slice(group * inner, (group + 1) * inner)
-        # A, D and the delta bias stay fp32 under any precision (spec §9.13). u, delta, B, C
-        # keep the activation dtype: the kernels accumulate in fp32 either way, so upstream
-        # master's explicit fp32 cast gives the same numbers; out_float=True returns fp32
-        # for the LayerNorm that follows.
+        # A, D and the delta bias stay fp32 under any precision (docs/architecture.md
+        # §9.13). u, delta, B, C keep the activation dtype: the kernels accumulate in fp32
+        # either way, so upstream master's explicit fp32 cast gives the same numbers;
+        # out_float=True returns fp32 for the LayerNorm that follows.
         A = -torch.exp(self.A_logs[rows].float())
         return selective_scan(u, delta, A, B, C, D=self.Ds[rows].float(),
                               delta_bias=self.dt_projs_bias[group].float(),
                               delta_softplus=True, out_float=True)
 
-    def _ssm_params(self, group: int) -> dict:
-        """The fused op's scan parameters of a group (A = -exp(A_log), fp32)."""
-        rows = slice(group * self.inner_channels, (group + 1) * self.inner_channels)
-        return dict(x_proj_weight=self.x_proj_weight[group],
-                    dt_proj_weight=self.dt_projs_weight[group],
-                    dt_bias=self.dt_projs_bias[group], A=-torch.exp(self.A_logs[rows]),
-                    D=self.Ds[rows])
-
-    def _can_fuse(self, x_in: torch.Tensor) -> bool:
-        """Whether the fused CPU inference pass (msvmamba_ops.cpu_fused) can replace the
-        branch ops: no gradient needed, float32 CPU tensors, one full-res direction."""
-        return (self.full_directions == ('row', ) and self.A_logs.dtype == torch.float32
-                and cpu_fused.can_replace(self, x_in))
-
-    def _forward_fused(self, x_in: torch.Tensor, z: Optional[torch.Tensor]) -> torch.Tensor:
-        """Everything between in_proj and out_proj in two fused ops (same math as
-        :meth:`forward`). x_in, z: (B, H, W, E) (z None without the gate)."""
-        batch, H, W, inner = x_in.shape
-        norm = (self.out_norm.weight, self.out_norm.bias)
-        per_branch = self.out_norm_mode == 'per_branch'
-
-        def conv(m: nn.Conv2d) -> dict:
-            return dict(conv_weight=m.weight, conv_bias=m.bias, stride=m.stride[0],
-                        padding=m.padding[0])
-
-        low_conv = conv(self.conv2d_b1)
-        h, w = [(n + 2 * low_conv['padding'] - self.conv2d_b1.kernel_size[0]) //
-                low_conv['stride'] + 1 for n in (H, W)]
-        order, _ = _scan_indices(h, w, self.low_directions, x_in.device)
-        y_low, _ = cpu_fused.ms2d_branch(
-            x_in, **low_conv, order=order, **self._ssm_params(self.low_res_group),
-            norm=norm if per_branch else None, eps=self.out_norm.eps)
-        y, pooled = cpu_fused.ms2d_branch(
-            x_in, **conv(self.conv2d), order=None, **self._ssm_params(self.full_res_group),
-            norm=norm if per_branch else None, eps=self.out_norm.eps,
-            low=y_low.view(batch, h, w, inner), nearest=self.upsample_mode == 'nearest',
-            post_norm=None if per_branch else norm,
-            z=None if z is None else z.reshape(batch, H * W, inner), pool=self.se is not None)
-        if self.se is None:
-            return self.out_proj(y).view(batch, H, W, -1)
-        # Squeeze-excite scales the E input channels of out_proj per image: scale whichever
-        # is smaller, y (B, H*W, E) or a per-image copy of the weight (B, C, E).
-        scale = self.se.fc(pooled / (H * W))
-        weight = self.out_proj.weight
-        if weight.shape[0] < H * W:
-            weight = weight[None] * scale[:, None, :]
-            return torch.bmm(y, weight.transpose(1, 2)).view(batch, H, W, -1)
-        return self.out_proj(y.mul_(scale[:, None, :])).view(batch, H, W, -1)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) channel-last, already normalised. Returns (B, H, W, C)."""
+        if fast_path_eligible(self, x, supported=len(self.full_directions) == 1):
+            return cpu_fused.ms2d_forward(self, x)
         H, W = x.shape[1:3]
         inner = self.inner_channels
         # The x and z halves of in_proj as two products, so that x comes out contiguous:
         # its channels_last view feeds the depthwise convs without a copy (and channels_last
         # is the faster depthwise-conv layout on CPU).
-        x_in = F.linear(x, self.in_proj.weight[:inner])
+        x_in = F.linear(x, self.in_proj.weight[:inner]).permute(0, 3, 1, 2)
         z = F.linear(x, self.in_proj.weight[inner:]) if self.gate else None
-        if self._can_fuse(x_in):
-            return self._forward_fused(x_in, z)
         act_dtype = x_in.dtype
-        x_in = x_in.permute(0, 3, 1, 2)
-        x_full = _silu_(self.conv2d(x_in))
+        x_full = _silu_into(self.conv2d(x_in))
         # The low-res map comes from the same pre-conv input, in parallel with conv2d.
-        x_low = _silu_(self.conv2d_b1(x_in))
+        x_low = _silu_into(self.conv2d_b1(x_in))
         h, w = x_low.shape[2:]
 
         # Layout change in: the scan reads channel-major (B, E, L) sequences.
@@ -490,17 +405,14 @@ class MultiScaleSS2D(nn.Module):
         y_low = F.interpolate(
             y_low.permute(0, 3, 1, 2), size=(H, W), mode=self.upsample_mode,
             **(dict(align_corners=False) if self.upsample_mode == 'bilinear' else {}))
-        # The upsampled y_low (a channel-last temporary) takes the sum.
-        y = _add_into(y_low.permute(0, 2, 3, 1),
-                      _from_sequence(y_full, self.full_directions, H, W))
+        y = _add_into(y_low.permute(0, 2, 3, 1), _from_sequence(y_full, self.full_directions, H, W))
         if self.out_norm_mode == 'merged':
             y = self.out_norm(y)
         y = y.to(act_dtype)
-        # From here y and z are temporaries of this forward: scale and gate them in place.
         if self.se is not None:
-            y = self.se(y, overwrite_input=True)
+            y = self.se(y)
         if z is not None:
-            y = _mul_into(y, _silu_(z))
+            y = _mul_into(y, _silu_into(z))
         return self.out_proj(y)
 
 
@@ -539,11 +451,10 @@ class VSSBlock(nn.Module):
         self.norm2 = nn.LayerNorm(channels, eps=norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Each branch output is a temporary: it takes the residual sum.
-        x = _add_into(self.drop_path(self.op(self.norm(x))), x)
+        x = x + self.drop_path(self.op(self.norm(x)))
         if self.ffn_pre_norm:
-            return _add_into(self.drop_path(self.convFFN(self.norm2(x))), x)
-        return _add_into(self.drop_path(self.norm2(self.convFFN(x))), x)
+            return x + self.drop_path(self.convFFN(self.norm2(x)))
+        return x + self.drop_path(self.norm2(self.convFFN(x)))
 
 
 class MSVMambaStage(nn.Module):
@@ -626,7 +537,8 @@ class MSVMamba(BaseModule):
             ``dict(type='Pretrained', checkpoint=PATH, prefix=None, use_ema=False)``
             loads an official MSVMamba checkpoint ('model' weights, or 'model_ema' with
             ``use_ema=True``), an mmengine checkpoint (use ``prefix='backbone.'`` for a
-            whole-model file) or a bare state dict; see ``checkpoint.py``.
+            whole-model file) or a bare state dict; see ``checkpoint.py``. The load is
+            strict (``strict=False`` in the dict allows a partial one).
     """
 
     arch_zoo: Dict[str, dict] = {
@@ -793,12 +705,14 @@ class MSVMamba(BaseModule):
         weights, so ``init_cfg=None`` changes nothing."""
         cfg = self.init_cfg
         if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
-            unknown = set(cfg) - {'type', 'checkpoint', 'prefix', 'use_ema', 'map_location'}
+            unknown = set(cfg) - {'type', 'checkpoint', 'prefix', 'use_ema', 'map_location',
+                                  'strict'}
             if unknown:
                 raise ValueError(f'unknown Pretrained init_cfg keys {sorted(unknown)}')
             load_pretrained(self, cfg['checkpoint'], prefix=cfg.get('prefix'),
                             use_ema=cfg.get('use_ema', False),
-                            map_location=cfg.get('map_location', 'cpu'))
+                            map_location=cfg.get('map_location', 'cpu'),
+                            strict=cfg.get('strict', True))
             self._is_init = True  # mmengine's flag: do not initialise again
         else:
             if isinstance(cfg, list) and any(c.get('type') == 'Pretrained' for c in cfg):

@@ -9,7 +9,7 @@ import argparse
 import os
 import os.path as osp
 import sys
-from typing import List, Optional
+from typing import Callable, List, Optional, Tuple
 
 from mmengine.config import Config, ConfigDict, DictAction
 
@@ -36,38 +36,44 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
                         help=argparse.SUPPRESS)
 
 
-def train_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog='tools/train.py',
-        description='Train a model from an mmpretrain, mmdet or mmseg config.')
-    parser.add_argument('config', help='config file')
+def _parser(prog: str, description: str, positionals: Tuple[Tuple[str, str], ...],
+            options: Tuple[Tuple[str, dict], ...]) -> argparse.ArgumentParser:
+    """A parser with the ``(name, help)`` positionals, the options both tools share, then
+    the tool's own ``(flag, add_argument keywords)`` options."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    for name, help_text in positionals:
+        parser.add_argument(name, help=help_text)
     _common_arguments(parser)
-    parser.add_argument(
-        '--resume', nargs='?', const='auto', metavar='CKPT',
-        help='resume from CKPT, or without CKPT from the latest checkpoint in the work dir')
-    parser.add_argument('--amp', action='store_true',
-                        help='automatic mixed precision (AmpOptimWrapper; needs a GPU)')
-    parser.add_argument('--auto-scale-lr', action='store_true',
-                        help='scale the learning rate by total batch size / '
-                        'auto_scale_lr.base_batch_size of the config')
+    for flag, kwargs in options:
+        parser.add_argument(flag, **kwargs)
     return parser
+
+
+def train_parser() -> argparse.ArgumentParser:
+    return _parser('tools/train.py', 'Train a model from an mmpretrain, mmdet or mmseg config.',
+                   (('config', 'config file'), ), (
+        ('--resume', dict(nargs='?', const='auto', metavar='CKPT',
+                          help='resume from CKPT, or without CKPT from the latest '
+                          'checkpoint in the work dir')),
+        ('--amp', dict(action='store_true',
+                       help='automatic mixed precision (AmpOptimWrapper; needs a GPU)')),
+        ('--auto-scale-lr', dict(action='store_true',
+                                 help='scale the learning rate by total batch size / '
+                                 'auto_scale_lr.base_batch_size of the config')),
+    ))
 
 
 def test_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog='tools/test.py',
-        description='Evaluate a checkpoint with an mmpretrain, mmdet or mmseg config.')
-    parser.add_argument('config', help='config file')
-    parser.add_argument('checkpoint', help='checkpoint file')
-    _common_arguments(parser)
-    parser.add_argument('--out', metavar='FILE.pkl',
-                        help='also dump the predictions to this pickle file')
-    parser.add_argument('--show-dir', metavar='DIR',
-                        help='save every test image with its predictions drawn to DIR')
-    parser.add_argument('--tta', action='store_true',
-                        help="test-time augmentation with the config's tta_model and "
-                        'tta_pipeline')
-    return parser
+    return _parser('tools/test.py',
+                   'Evaluate a checkpoint with an mmpretrain, mmdet or mmseg config.',
+                   (('config', 'config file'), ('checkpoint', 'checkpoint file')), (
+        ('--out', dict(metavar='FILE.pkl',
+                       help='also dump the predictions to this pickle file')),
+        ('--show-dir', dict(metavar='DIR',
+                            help='save every test image with its predictions drawn to DIR')),
+        ('--tta', dict(action='store_true', help="test-time augmentation with the config's "
+                       'tta_model and tta_pipeline')),
+    ))
 
 
 # --------------------------------------------------------------------------------------
@@ -211,7 +217,10 @@ def _start(cfg: Config, scope: Scope, launcher: str):
     return build_runner(cfg)
 
 
-def _run(main, argv: Optional[List[str]]) -> int:
+def run_main(main: Callable[[Optional[List[str]]], None],
+             argv: Optional[List[str]] = None) -> int:
+    """Run a tool's ``main(argv)``: a :class:`UserError` becomes one ``error: ...`` line on
+    stderr and exit status 2; distributed state is shut down either way."""
     try:
         main(argv)
     except UserError as e:
@@ -241,9 +250,9 @@ def _test(argv: Optional[List[str]]) -> None:
 
 def train_main(argv: Optional[List[str]] = None) -> int:
     """``tools/train.py``: returns the exit status."""
-    return _run(_train, argv)
+    return run_main(_train, argv)
 
 
 def test_main(argv: Optional[List[str]] = None) -> int:
     """``tools/test.py``: returns the exit status."""
-    return _run(_test, argv)
+    return run_main(_test, argv)

@@ -1,13 +1,17 @@
 """Shared plumbing of the smaller tools (``tools/misc/print_config.py``,
 ``tools/analysis_tools/browse_dataset.py``, ``tools/infer.py``): a config loaded with its
-package set up, and the ``error: ...`` / exit status 2 convention of the main tools."""
+package set up, the arguments that load it, and (from :mod:`.cli`) ``run_main``, the
+``error: ...`` / exit status 2 convention of the main tools."""
 import argparse
-from typing import Callable, List, Optional, Tuple
+from typing import Optional, Tuple
 
 from mmengine.config import Config, DictAction
 
 from . import cli
+from .cli import run_main
 from .scopes import Scope, scope_of
+
+__all__ = ['load_scoped_config', 'add_config_arguments', 'run_main']
 
 
 def load_scoped_config(path: str, cfg_options: Optional[dict] = None) -> Tuple[Config, Scope]:
@@ -19,12 +23,6 @@ def load_scoped_config(path: str, cfg_options: Optional[dict] = None) -> Tuple[C
     scope.register_modules()
     init_default_scope(scope.name)
     return cfg, scope
-
-
-def run_main(main: Callable[[Optional[List[str]]], None],
-             argv: Optional[List[str]] = None) -> int:
-    """Run ``main(argv)``; a :class:`UserError` becomes ``error: ...`` and status 2."""
-    return cli._run(main, argv)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

@@ -107,6 +107,24 @@ def test_training_uses_autograd_path_and_frozen_module_fuses(monkeypatch):
     calls.clear()
     module(x.requires_grad_()).sum().backward()  # the input needs one: unfused
     assert not calls and x.grad is not None
+    with torch.no_grad():
+        module.train()(x)  # training mode: the plain ops, whatever needs gradients
+    assert not calls
+    assert cpu_fused.why_not_fast_path(module, x) == 'training mode'
+
+
+def test_export_records_the_plain_ops(monkeypatch):
+    """torch.export (what the ONNX exporter runs) records the plain modules' ops, never the
+    fused ones."""
+    from projects.msvmamba.msvmamba import ConvFFN
+    calls = spy(monkeypatch, 'ms2d_branch', call_through=False)
+    calls_ffn = spy(monkeypatch, 'convffn_dwconv_gelu', call_through=False)
+    x = torch.randn(1, 6, 6, 16)
+    with torch.no_grad():
+        mixer = torch.export.export(randomised(MultiScaleSS2D(16)), (x, )).graph_module.code
+        ffn = torch.export.export(ConvFFN(16, 32).eval(), (x, )).graph_module.code
+    assert 'conv2d' in mixer and 'conv2d' in ffn
+    assert 'msvmamba_cpu' not in mixer + ffn and not calls and not calls_ffn
 
 
 def test_non_float32_inputs_use_unfused_path(monkeypatch):
@@ -121,9 +139,9 @@ def test_autocast_uses_unfused_path(monkeypatch):
     from projects.msvmamba.msvmamba import ConvFFN
     x, module = torch.randn(1, 5, 5, 16), ConvFFN(16, 32).eval()
     with torch.no_grad():
-        assert cpu_fused.can_replace(module, x)
+        assert cpu_fused.fast_path_eligible(module, x)
         with torch.autocast('cpu', dtype=torch.bfloat16):
-            assert not cpu_fused.can_replace(module, x)
+            assert not cpu_fused.fast_path_eligible(module, x)
 
 
 def test_tracing_records_the_unfused_ops(monkeypatch):

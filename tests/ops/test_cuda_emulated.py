@@ -10,15 +10,13 @@ It says nothing about GPU-only matters (compilation for sm_XX, timing, memory mo
 The emulation always plans the launch for one SM, which widens teams as for a long sequence on
 few rows, so small shapes reach every team size (4 ... 256 threads). The extension is built by
 `python -m msvmamba_ops.build` (tools/setup.sh), else here on first use (~1 min).
-Oracle and tolerances: tools/analysis_tools/gpu_check.py (float64 reference; fp32 1e-5,
-fp16/bf16 1e-2 of max |ref|).
+Oracle and tolerances: msvmamba_ops.testing (float64 reference; the 'cuda' bounds).
 """
 import pytest
 import torch
 
-from test_cuda_ext import gc  # noqa: E402  (tools/analysis_tools/gpu_check.py)
-
-Case = gc.Case
+from msvmamba_ops.testing import (ARG_NAMES, GRAD_NAMES, TINY_STAGES, ScanCase as Case,
+                                  check_backend, oracle, passes)
 
 # (case, expected (team, rows per block, chunks) of the backward launch planned for 1 SM)
 CASES = [
@@ -51,9 +49,9 @@ def test_emulated_kernels_match_reference(emu, case, plan):
     team, rows, _threads, _chunk, nchunks, _smem = emu.config(
         case.batch, case.dim, case.length, case.nstate, case.groups, 1, True)
     assert (team, rows, nchunks) == plan  # the case covers the launch shape it is named for
-    data = gc.make_inputs(case, seed=3)
-    errs = gc.check_backend(emu, case, data, gc.reference(case, data))
-    assert gc.passes(case, errs), errs
+    args, dout = case.inputs(seed=3)
+    errs = check_backend(emu, case, args, dout, oracle(args, case.softplus, dout))
+    assert passes('cuda', case, errs), errs
 
 
 def _misaligned(t: torch.Tensor) -> torch.Tensor:
@@ -69,25 +67,26 @@ def _misaligned(t: torch.Tensor) -> torch.Tensor:
 def test_emulated_scalar_paths_and_large_softplus_input(emu, dtype):
     """Unaligned rows (scalar loads/stores) and delta + bias > 20 (softplus = identity)."""
     case = Case('unaligned', 2, 4, 1, 2, 83, dtype=dtype)
-    data = gc.make_inputs(case, seed=5)
-    data['delta'][:, :, ::7] = 25.0
-    for key in ('u', 'delta', 'B', 'C', 'dout'):
-        data[key] = _misaligned(data[key])
-    errs = gc.check_backend(emu, case, data, gc.reference(case, data))
-    assert gc.passes(case, errs), errs
+    args, dout = case.inputs(seed=5)
+    args['delta'][:, :, ::7] = 25.0
+    for key in ('u', 'delta', 'B', 'C'):
+        args[key] = _misaligned(args[key])
+    dout = _misaligned(dout)
+    errs = check_backend(emu, case, args, dout, oracle(args, case.softplus, dout))
+    assert passes('cuda', case, errs), errs
 
 
 @pytest.mark.parametrize('where', ['u', 'delta'])
 def test_emulated_nan_propagates_like_reference(emu, where):
     case = Case('nan', 1, 4, 1, 1, 700)  # two chunks: the NaN crosses a chunk carry
-    data = gc.make_inputs(case, seed=7)
-    data[where][0, 1, 300] = float('nan')
-    args = [data[k] for k in ('u', 'delta', 'A', 'B', 'C', 'D', 'delta_bias')]
-    out = emu.fwd(*args, True, False)
-    grads = emu.bwd(*args, data['dout'], True)
-    y_ref, g_ref = gc.reference(case, data)
+    args, dout = case.inputs(seed=7)
+    args[where][0, 1, 300] = float('nan')
+    ins = [args[k] for k in ARG_NAMES]
+    out = emu.fwd(*ins, True, False)
+    grads = emu.bwd(*ins, dout, True)
+    y_ref, g_ref, _ = oracle(args, case.softplus, dout)
     assert torch.equal(out.isnan(), y_ref.isnan())
-    for name, g, r in zip(gc.GRAD_NAMES, grads, g_ref):
+    for name, g, r in zip(GRAD_NAMES, grads, g_ref):
         assert torch.equal(g.isnan(), r.isnan()), name
 
 
@@ -95,7 +94,7 @@ def test_launch_plan_at_msvmamba_shapes(emu):
     """Plans on an H100 (132 SMs): warp-per-row at classification shapes, several rows per
     warp for short sequences, multi-warp teams for detection-scale L at small batch."""
     plan = {(dim, length): emu.config(128, dim, length, 1, 1, 132, True)[:2]
-            for _, dim, l_full, l_low in gc.TINY_STAGES for length in (l_full, l_low)}
+            for _, dim, l_full, l_low in TINY_STAGES for length in (l_full, l_low)}
     assert plan[(192, 3136)] == [32, 8]
     assert plan[(1536, 49)] == [8, 32]
     assert emu.config(2, 192, 67000, 1, 1, 132, True)[:2] == [256, 1]

@@ -8,8 +8,8 @@
 // Each of them streams the whole (E x L) activation through memory. Here one pass per scan
 // step does all of it while the step's E channels sit in L1:
 //
-//   u = act(dwconv(x)[tok] + conv_bias)  tok = order[s] (the map position of scan step s);
-//                                        act = SiLU or identity; x is the (Hin, Win) map
+//   u = SiLU(dwconv(x)[tok] + conv_bias) tok = order[s] (the map position of scan step s);
+//                                        x is the (Hin, Win) map
 //                                        before the branch's depthwise conv (k x k, stride,
 //                                        zero padding), which is computed here too
 //   (dt, B, C) = W_x u                   R + 2N dot products over E
@@ -44,7 +44,6 @@ struct Ms2dArgs {
   const float* conv_w;   // (k * k, EP) depthwise conv taps, transposed
   const float* conv_b;   // (EP) conv bias (zeros when there is none)
   int64_t ksize, stride, pad;
-  bool silu;             // apply SiLU after the conv
   const int64_t* order;  // (K * P) map position of each scan step; null: K = 1, identity
   int64_t batch, P, E, K, R, N;
   int64_t EP, JP;       // E and R + 2N rounded up to multiples of 16 (zero padding)
@@ -146,12 +145,10 @@ MSV_INLINE void conv_positions(const Ms2dArgs& a, const float* __restrict xb, in
                a.ksize, a.conv_w, EP, nullptr, run, dst + q * EP, EP);
     q += run;
   }
-  if (a.silu) {
-    for (int64_t q = 0; q < n; ++q) {
-      float* d = dst + q * EP;
+  for (int64_t q = 0; q < n; ++q) {
+    float* d = dst + q * EP;
 #pragma omp simd
-      for (int64_t e = 0; e < a.E; ++e) d[e] = silu_(d[e]);
-    }
+    for (int64_t e = 0; e < a.E; ++e) d[e] = silu_(d[e]);
   }
 }
 
@@ -327,7 +324,7 @@ void check_opt(const std::optional<at::Tensor>& t, const char* name, at::IntArra
 
 std::tuple<at::Tensor, at::Tensor> ms2d_branch(
     const at::Tensor& x, const at::Tensor& conv_weight, const std::optional<at::Tensor>& conv_bias,
-    int64_t stride, int64_t padding, bool silu, const std::optional<at::Tensor>& order,
+    int64_t stride, int64_t padding, const std::optional<at::Tensor>& order,
     const at::Tensor& x_proj_weight, const at::Tensor& dt_proj_weight,
     const at::Tensor& dt_bias, const at::Tensor& A, const std::optional<at::Tensor>& D,
     const std::optional<at::Tensor>& norm_weight, const std::optional<at::Tensor>& norm_bias,
@@ -434,7 +431,6 @@ std::tuple<at::Tensor, at::Tensor> ms2d_branch(
   args.ksize = ksize;
   args.stride = stride;
   args.pad = padding;
-  args.silu = silu;
   args.order = order.has_value() ? order->const_data_ptr<int64_t>() : nullptr;
   args.batch = Bt;
   args.P = P;
@@ -478,7 +474,7 @@ std::tuple<at::Tensor, at::Tensor> ms2d_branch(
 TORCH_LIBRARY_FRAGMENT(msvmamba_cpu, m) {
   m.def(
       "ms2d_branch(Tensor x, Tensor conv_weight, Tensor? conv_bias, int stride, int padding, "
-      "bool silu, Tensor? order, Tensor x_proj_weight, Tensor dt_proj_weight, Tensor dt_bias, "
+      "Tensor? order, Tensor x_proj_weight, Tensor dt_proj_weight, Tensor dt_bias, "
       "Tensor A, Tensor? D, Tensor? norm_weight, Tensor? norm_bias, float eps, Tensor? low, "
       "bool nearest, Tensor? post_weight, Tensor? post_bias, Tensor? z, bool pool) "
       "-> (Tensor, Tensor)");

@@ -1,6 +1,7 @@
 // Fused CPU selective scan (forward and backward) for msvmamba_ops.
 //
-// Semantics (spec §3.6): for batch b, channel d (group g), state n, time t, with h_{-1} = 0,
+// Semantics (docs/architecture.md §3.6): for batch b, channel d (group g), state n, time t,
+// with h_{-1} = 0,
 //   dt = softplus(delta + bias) (or delta + bias), a = exp(dt * A[d,n]),
 //   h_t = a_t * h_{t-1} + dt_t * B[b,g,n,t] * u_t,  y_t = sum_n C[b,g,n,t] h_t + D[d] u_t.
 //

@@ -1,4 +1,4 @@
-// Selective-scan kernels, forward and backward (spec §3.6):
+// Selective-scan kernels, forward and backward (docs/architecture.md §3.6):
 //   dt_t = softplus(delta_t + bias) (or delta_t + bias),   a_t = exp(dt_t * A[d, n]),
 //   h_t  = a_t * h_{t-1} + dt_t * B[g, n, t] * u_t,        y_t = sum_n C[g, n, t] h_t + D u_t.
 //

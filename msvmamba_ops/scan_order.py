@@ -1,0 +1,58 @@
+"""Index tensors of a multi-direction 2D scan (the order of the tokens of an h x w map in
+the concatenated sequence of several scan directions, and the way back).
+
+Directions: 'row' (row-major), 'column' (column-major) and their '_reversed' forms
+(``docs/architecture.md §3.1``). Used by the backbone's plain token mixer and by the fused
+CPU op (:mod:`msvmamba_ops.cpu_fused`), which must agree on the order.
+"""
+import functools
+from typing import Tuple
+
+import torch
+
+# In the order MSVMamba assigns them: with ms_split = (1, 3) the first one runs on the
+# full-resolution map and the other three, concatenated into one sequence, on the
+# half-resolution map (docs/architecture.md §3.1).
+DIRECTIONS = ('row', 'row_reversed', 'column', 'column_reversed')
+
+
+def _indices(h: int, w: int, directions: Tuple[str, ...],
+             device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    grid = torch.arange(h * w, device=device).view(h, w)
+    base = {'row': grid.flatten(), 'column': grid.t().flatten()}
+    parts = []
+    for d in directions:
+        order = base[d.replace('_reversed', '')]
+        parts.append(order.flip(0) if d.endswith('_reversed') else order)
+    order = torch.cat(parts)
+    # argsort of a permutation is its inverse: map position -> token, per direction.
+    inverse = torch.argsort(order.view(len(directions), h * w), dim=1)
+    inverse = inverse + torch.arange(len(directions), device=device)[:, None] * (h * w)
+    return order, inverse.t().flatten()
+
+
+# A few entries: the four stages of the last couple of input sizes. Multi-scale training
+# visits many sizes; an unbounded cache would keep the tensors of every one of them.
+@functools.lru_cache(maxsize=16)
+def _cached_indices(h: int, w: int, directions: Tuple[str, ...],
+                    device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    # Cached tensors must be ordinary ones even when first made under inference_mode:
+    # gather / index_select save their index for backward in later training steps.
+    with torch.inference_mode(False), torch.no_grad():
+        return _indices(h, w, directions, device)
+
+
+def scan_indices(h: int, w: int, directions: Tuple[str, ...],
+                 device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(order, merge)`` of a scan of an h x w map in ``directions``.
+
+    ``order`` (k*h*w,): the row-major map position of each token of the concatenated
+    sequence; ``merge`` (h*w*k,): for each map position, the sequence positions holding it
+    in the k directions (so that a gather + sum over k merges them).
+    """
+    for d in directions:
+        if d not in DIRECTIONS:
+            raise ValueError(f'unknown scan direction {d!r}; choose from {DIRECTIONS}')
+    if torch.compiler.is_compiling():  # traced into the graph: a few cheap index ops
+        return _indices(h, w, tuple(directions), device)
+    return _cached_indices(h, w, tuple(directions), torch.device(device))
