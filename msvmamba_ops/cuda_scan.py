@@ -11,9 +11,12 @@ u, delta, B, C in fp32, fp16 or bf16 (one dtype); A, D, delta_bias fp32; fp32 ar
 ops ``torch.ops.msvmamba_cuda.{fwd,bwd}``) are built by ``msvmamba_ops/build.py`` (entry
 ``'cuda'``) into the cache outside the clone, by ``bash tools/setup.sh`` or
 ``python -m msvmamba_ops.build cuda``; this module only loads a finished build and never
-compiles on the fly.
+compiles on the fly. A build holds kernels for the GPU architectures it was made for
+(``TORCH_CUDA_ARCH_LIST``, recorded by ``build.py``); on a GPU none of them can run on,
+:func:`is_available` is False and the dispatcher falls back to Triton, with a warning
+(once per process) saying how to rebuild.
 """
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 
@@ -32,19 +35,45 @@ def _module():
 
 
 _missing = False  # the probe failed once: not built (a build later in this process is not seen)
+_device_reasons: Dict[int, Optional[str]] = {}  # CUDA device index -> unavailable_reason
 
 
-def is_available() -> bool:
-    """True if a CUDA device is visible and the extension is built for these sources."""
+def _arch_mismatch(index: int) -> Optional[str]:
+    """Why the build has no kernel for CUDA device ``index`` (with the fix), or None."""
+    built = _build.built_cuda_arch_list('cuda')
+    major, minor = torch.cuda.get_device_capability(index)
+    if built is None or _build.code_for_device(built, (major, minor)) is not None:
+        return None
+    return (f'the CUDA selective-scan extension was built for TORCH_CUDA_ARCH_LIST="{built}", '
+            f'which has no kernel for this GPU ({torch.cuda.get_device_name(index)}, compute '
+            f'capability {major}.{minor}); rebuild it with `TORCH_CUDA_ARCH_LIST="{built};'
+            f'{major}.{minor}" python -m msvmamba_ops.build cuda` (or set that '
+            'TORCH_CUDA_ARCH_LIST for `bash tools/setup.sh`)')
+
+
+def unavailable_reason() -> Optional[str]:
+    """None if the compiled kernels can run on the current CUDA device, else why not (no
+    device, not built, or built for other GPU architectures) and how to fix it."""
     global _missing
-    if _missing or not torch.cuda.is_available():
-        return False
+    if not torch.cuda.is_available():
+        return 'no CUDA device is visible'
+    if _missing:
+        return NOT_BUILT
     try:
         _module()
     except RuntimeError:
         _missing = True  # the dispatcher asks on every call: hash the sources only once
-        return False
-    return True
+        return NOT_BUILT
+    index = torch.cuda.current_device()
+    if index not in _device_reasons:
+        _device_reasons[index] = _arch_mismatch(index)
+    return _device_reasons[index]
+
+
+def is_available() -> bool:
+    """True if a CUDA device is visible, the extension is built for these sources, and the
+    build has a kernel (cubin or PTX) for the current device's architecture."""
+    return unavailable_reason() is None
 
 
 def _c(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:

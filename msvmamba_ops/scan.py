@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-BACKENDS = ('reference', 'cpu', 'triton', 'cuda')
+BACKENDS = ('reference', 'cpu', 'triton', 'cuda', 'chunked')
 ENV_BACKEND = 'MSVMAMBA_SCAN_BACKEND'
 SETUP_HINT = 'run `bash tools/setup.sh` (or `python -m msvmamba_ops.build`)'
 
@@ -23,11 +23,12 @@ _BACKEND_MODULES = {
     'cpu': 'msvmamba_ops.cpu_scan',
     'triton': 'msvmamba_ops.triton_scan',
     'cuda': 'msvmamba_ops.cuda_scan',
+    'chunked': 'msvmamba_ops.chunked_scan',
 }
 # Automatic choice, fastest first, by tensor device type ('reference' is the last resort).
 _AUTO_ORDER = {'cpu': ('cpu',), 'cuda': ('cuda', 'triton')}
 _INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-_FP64_BACKENDS = ('reference', 'cpu')
+_FP64_BACKENDS = ('reference', 'cpu', 'chunked')
 _warned = set()
 
 
@@ -39,7 +40,7 @@ def backend_unavailable_reason(name: str, device_type: str, build: bool = False)
 
     ``build`` lets the ``cpu`` backend compile its extension when it is not cached yet.
     """
-    if name == 'reference':
+    if name in ('reference', 'chunked'):  # plain torch ops: any device
         return None
     if name == 'cpu':
         if device_type != 'cpu':
@@ -58,8 +59,8 @@ def backend_unavailable_reason(name: str, device_type: str, build: bool = False)
         return f'{_BACKEND_MODULES[name]} cannot be imported ({exc}); {hint}'
     check = getattr(module, 'is_available', None)
     if check is not None and not check():
-        if name == 'cuda':
-            return module.NOT_BUILT
+        if name == 'cuda':  # not built, or built for other GPUs: says how to fix it
+            return module.unavailable_reason()
         return f'{_BACKEND_MODULES[name]}.is_available() is False'
     return None
 
@@ -75,10 +76,12 @@ def resolve_backend(device_type: str, dtype: torch.dtype = torch.float32,
     """The backend a call on ``device_type`` tensors of ``dtype`` uses.
 
     ``backend`` (per call) wins over the environment variable ``MSVMAMBA_SCAN_BACKEND``;
-    both accept 'auto' (default), 'reference', 'cpu', 'triton' and 'cuda'. An explicit
-    backend that cannot run raises. 'auto' picks, by device: CPU -> cpu extension, else
-    reference; CUDA -> cuda extension, else triton, else reference; float64 on CUDA ->
-    reference. When a faster backend is missing it warns once per process, saying how to
+    both accept 'auto' (default), 'reference', 'cpu', 'triton', 'cuda' and 'chunked' (the
+    parallel plain-op scan of ``chunked_scan.py``: any device, and what export records).
+    An explicit backend that cannot run raises. 'auto' picks, by device: CPU -> cpu
+    extension, else reference; CUDA -> cuda extension, else triton, else reference;
+    float64 on CUDA -> reference; other devices (MPS, XPU, ...) -> chunked (float64:
+    reference). When a faster backend is missing it warns once per process, saying how to
     get it.
     """
     source = 'backend=' if backend is not None else ENV_BACKEND
@@ -105,7 +108,9 @@ def resolve_backend(device_type: str, dtype: torch.dtype = torch.float32,
             break
         missing.append(f'{cand}: {reason}')
     else:
-        cand = 'reference'
+        # devices with no compiled kernel at all (MPS, XPU, ...): the parallel plain-op scan
+        no_kernel = device_type not in _AUTO_ORDER and dtype != torch.float64
+        cand = 'chunked' if no_kernel else 'reference'
     if missing:
         _warn_once(device_type, (
             f'msvmamba_ops.selective_scan: the fast {device_type} kernel is missing '
@@ -118,6 +123,12 @@ def resolve_backend(device_type: str, dtype: torch.dtype = torch.float32,
 def _resolve_constant(device_type: str, is_fp64: bool, backend: Optional[str]) -> str:
     # Run once while torch.compile traces; the result is baked into the graph.
     return resolve_backend(device_type, torch.float64 if is_fp64 else torch.float32, backend)
+
+
+def _chunked_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, out_float):
+    from .chunked_scan import selective_scan_chunked
+    return selective_scan_chunked(u, delta, A, B, C, D, delta_bias, bool(delta_softplus),
+                                  bool(out_float))
 
 
 def _backend_module(name: str):
@@ -297,7 +308,8 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
         delta_softplus: apply softplus to delta + delta_bias.
         out_float: return float32 even for float16/bfloat16 inputs.
         backend: 'auto' / None (default: env ``MSVMAMBA_SCAN_BACKEND``, else automatic),
-            'reference', 'cpu', 'triton' or 'cuda'; see :func:`resolve_backend`.
+            'reference', 'cpu', 'triton', 'cuda' or 'chunked'; see :func:`resolve_backend`.
+            Under ``torch.export`` / ONNX export the chunked scan is used whatever is asked.
 
     Dtype policy:
         u, delta, B and C share one dtype: float32, float16, bfloat16 (or float64, on the
@@ -308,8 +320,9 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
         the dtype of their input, dA, dD, ddelta_bias in A's accumulation dtype (cast back
         to the caller's dtype by autograd), all accumulated in float32/float64.
         fp16/bf16 results therefore differ from a float32 run on the same (rounded) inputs
-        only by the rounding of the output and of the incoming gradient: the tests bound
-        the largest error by 2e-3 (fp16) and 2e-2 (bf16) of the largest magnitude, for the
+        only by the rounding of the results: the tests bound the largest error, relative
+        to the largest magnitude, per backend and dtype by ``msvmamba_ops.testing.
+        TOLERANCES`` (e.g. 2e-3 for fp16, 1e-2 for bf16 on the cpu backend), for the
         output and every gradient.
 
     Returns:
@@ -324,6 +337,13 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
             u, delta, A, B, C, D, delta_bias = _normalize(u, delta, A, B, C, D, delta_bias)
     else:
         u, delta, A, B, C, D, delta_bias = _normalize(u, delta, A, B, C, D, delta_bias)
+    if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+        # Exported graphs get standard ops only (ONNX, torch.export): the chunked scan.
+        return _chunked_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, out_float)
     name = _resolve_constant(u.device.type, u.dtype == torch.float64, backend)
+    if name == 'chunked':
+        # Plain ops, not the opaque custom op: torch.compile traces them and Inductor fuses
+        # them; the compiled backends stay one opaque node (their kernel is one pass).
+        return _chunked_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, out_float)
     return torch.ops.msvmamba.selective_scan_fwd(u, delta, A, B, C, D, delta_bias,
                                                  bool(delta_softplus), bool(out_float), name)

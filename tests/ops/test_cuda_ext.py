@@ -8,7 +8,6 @@
 The kernels' logic is tested without a GPU in test_cuda_emulated.py.
 """
 import glob
-import importlib.util
 import os
 import re
 import shutil
@@ -19,20 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from msvmamba_ops import build
+from msvmamba_ops import build, testing
 
 REPO = Path(__file__).resolve().parents[2]
 GPU_CHECK = REPO / 'tools' / 'analysis_tools' / 'gpu_check.py'
-
-
-def load_gpu_check():
-    spec = importlib.util.spec_from_file_location('gpu_check', GPU_CHECK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gc = load_gpu_check()
 
 
 def test_gpu_check_dry_run(tmp_path):
@@ -44,15 +33,29 @@ def test_gpu_check_dry_run(tmp_path):
             '("mmengine", "mmcv", "mmdet", "mmseg", "mmpretrain"))\n'
             'print("MM_MODULES", mm); sys.exit(rc)\n')
     proc = subprocess.run([sys.executable, '-c', code, str(out)], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert 'MM_MODULES []' in proc.stdout
+    assert 'MM_MODULES []' in proc.stdout  # the training steps run in subprocesses
     text = out.read_text()
     for heading in ('# Selective-scan GPU check', '## Correctness against the float64 reference',
-                    '## Scan kernels at MSVMamba-Tiny shapes', '## MSVMamba-Tiny backbone'):
+                    '## Scan kernels at MSVMamba-Tiny shapes', '## MSVMamba-Tiny backbone',
+                    '## Training through the tools',
+                    '## Mask R-CNN-T and UperNet-T training speed'):
         assert heading in text
     rows = [ln for ln in text.splitlines() if ln.startswith('| n')]
     assert rows and all(ln.rstrip().endswith('| yes |') for ln in rows), text
+    # on the CPU: train 2 iterations, test, dist_train.sh (gloo), both models at a small size
+    steps = {ln.split(' | ')[0][2:]: ln.split(' | ')[1] for ln in text.splitlines()
+             if ln.startswith(('| tiny COCO', '| train ', '| test ', '| dist_train', '| Mask R',
+                               '| UperNet'))}
+    assert set(steps) == {'tiny COCO data', 'train 2 iterations', 'test the trained checkpoint',
+                          'dist_train.sh, 1 process (gloo)', 'Mask R-CNN-T', 'UperNet-T'}, text
+    assert all(status == 'ok' for name, status in steps.items() if '|' not in name
+               and name not in ('Mask R-CNN-T', 'UperNet-T')), text
+    assert 'iteration 2/2' in text and 'bbox_mAP' in text, text
+    speed = [ln.split(' | ') for ln in text.splitlines() if ln.startswith(('| Mask R', '| UperN'))]
+    assert [r[1:3] for r in speed] == [['128x128', 'fp32'], ['64x64', 'fp32']], text
+    assert all(r[-1].startswith('ok') and float(r[4]) > 0 for r in speed), text
 
 
 def test_gpu_check_help():
@@ -64,7 +67,7 @@ def test_gpu_check_help():
 def _built_module():
     if build.buildable('cuda') is not None:
         pytest.skip(f'CUDA extension not buildable here: {build.buildable("cuda")}')
-    if not build.is_built('cuda'):
+    if not build.is_built('cuda', any_arch=True):
         pytest.skip('CUDA extension not built (run `bash tools/setup.sh` on a machine with nvcc)')
     return build.build_dir('cuda') / f'{build.EXTENSIONS["cuda"].module}.so'
 
@@ -101,26 +104,31 @@ def test_built_extension_has_every_arch():
     tool = find_cuobjdump()
     if tool is None:
         pytest.skip('cuobjdump not found (pip install nvidia-cuda-cuobjdump)')
-    listing = subprocess.run([tool, '--list-elf', str(library)], capture_output=True, text=True,
-                             timeout=120, check=True).stdout
-    found = set(re.findall(r'\.(sm_\d+a?)\.cubin', listing))
-    wanted = {'sm_' + a.split('+')[0].replace('.', '')
-              for a in build.cuda_arch_list().replace(' ', ';').split(';') if a}
+    listing = subprocess.run([tool, '--list-elf', '--list-ptx', str(library)],
+                             capture_output=True, text=True, timeout=120, check=True).stdout
+    found = set(re.findall(r'\.(sm_\d+[af]?)\.cubin', listing))
+    ptx = set(re.findall(r'\.(sm_\d+[af]?)\.ptx', listing))
+    targets = build.parse_cuda_arch_list(build.built_cuda_arch_list('cuda'))  # what the stamp says
+    wanted = {f'sm_{t.major}{t.minor}{t.suffix}' for t in targets}
+    wanted_ptx = {f'sm_{t.major}{t.minor}' for t in targets if t.ptx}
     assert wanted <= found, f'cubins {sorted(found)}; expected {sorted(wanted)}\n{listing}'
-    if not os.environ.get('TORCH_CUDA_ARCH_LIST'):
-        assert {'sm_80', 'sm_86', 'sm_89', 'sm_90'} <= found
+    assert wanted_ptx <= ptx, f'PTX {sorted(ptx)}; expected {sorted(wanted_ptx)}\n{listing}'
+    if build.built_cuda_arch_list('cuda') == build.DEFAULT_CUDA_ARCH_LIST:
+        assert {'sm_80', 'sm_86', 'sm_89', 'sm_90', 'sm_100', 'sm_120'} <= found
+        assert 'sm_120' in ptx
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
-@pytest.mark.parametrize('name', sorted({c.name for c in gc.GPU_CASES}))
+@pytest.mark.parametrize('name', sorted({c.name for c in testing.GPU_CASES}))
 def test_cuda_matches_reference_on_gpu(name):
-    """The first dtype of each GPU case of gpu_check, the detection-scale L included."""
+    """The first dtype of each GPU case (as gpu_check), the detection-scale L included."""
     _built_module()
     from msvmamba_ops import cuda_scan
-    case = next(c for c in gc.GPU_CASES if c.name == name)
-    data = gc.make_inputs(case, device='cuda', seed=1)
-    errs = gc.check_backend(cuda_scan, case, data, gc.reference(case, data))
-    assert gc.passes(case, errs), errs
+    case = next(c for c in testing.GPU_CASES if c.name == name)
+    args, dout = case.inputs(device='cuda', seed=1)
+    errs = testing.check_backend(cuda_scan, case, args, dout,
+                                 testing.oracle(args, case.softplus, dout))
+    assert testing.passes('cuda', case, errs), errs
 
 
 def test_build_skips_cleanly_without_nvcc(monkeypatch, capsys):

@@ -5,7 +5,7 @@ classifier by arch) and the share of time in selective_scan.
     python tools/analysis_tools/benchmark.py [CONFIG] [--cfg-options k=v ...] \
         [--arch tiny] [--batch-size 8] [--shape 224 224] \
         [--amp] [--device cpu|cuda] [--warmup 2] [--iters 20] [--threads N] \
-        [--tune-malloc] [--stub-scan] [--compare-unfused]
+        [--stub-scan] [--compare-unfused]
 
 With CONFIG, the config's model runs its 'tensor' forward (detectors, which need data
 samples for that, run backbone + neck: ``extract_feat``); without, an ImageNet classifier
@@ -17,16 +17,13 @@ GPU). In eval on float32 CPU tensors the backbone runs each token mixer's branch
 fused op (``msvmamba_ops.cpu_fused``: depthwise conv, x/dt projections, scan, out_norm,
 direction merge, gate), which contains the scan; its share is reported as such. Set
 MSVMAMBA_FUSED_CPU=0 to time the unfused ops and see the scan's own share. On CPU it also
-prints the page faults per forward: fresh pages are what glibc's default heap trimming costs
-(``--tune-malloc``).
+prints the page faults per forward (fresh memory the allocator had to map).
 
 On a shared machine compare variants by running them in one process, alternating, rather
 than across runs: the load changes from minute to minute.
 """
 import argparse
 import contextlib
-import ctypes
-import ctypes.util
 import gc
 import os
 import os.path as osp
@@ -49,7 +46,7 @@ from mmengine.config import DictAction  # noqa: E402
 from msvmamba_ops import cpu_fused, resolve_backend  # noqa: E402
 from projects.msvmamba import msvmamba as msvmamba_module  # noqa: E402
 from projects.msvmamba.msvmamba import MSVMamba  # noqa: E402
-from projects.msvmamba_mm.tooling import run_main  # noqa: E402
+from projects.msvmamba_mm.cli import run_main  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -69,8 +66,6 @@ def parse_args(argv=None):
                         'loaded machine)')
     parser.add_argument('--threads', type=int, default=None,
                         help='torch CPU threads (default: torch default)')
-    parser.add_argument('--tune-malloc', action='store_true',
-                        help='CPU: keep freed memory in the glibc heap (see tune_glibc_malloc)')
     parser.add_argument('--compare-unfused', action='store_true',
                         help='CPU: also time the unfused modules (MSVMAMBA_FUSED_CPU=0), '
                         'alternating with the fused ops forward by forward, and print the ratio')
@@ -78,26 +73,6 @@ def parse_args(argv=None):
                         help='replace selective_scan by a copy of u: times the rest of the '
                         'network (e.g. while only the slow reference scan is available)')
     return parser.parse_args(argv)
-
-
-def tune_glibc_malloc() -> bool:
-    """Stop glibc from handing large freed blocks back to the OS.
-
-    By default glibc serves blocks above a (dynamic) threshold with mmap and trims the heap
-    top on free, so each forward's activation tensors are page-faulted in afresh (tens of
-    thousands of faults per batch at 224x224); the same effect as running with jemalloc or
-    tcmalloc, the allocators PyTorch's CPU tuning guide recommends. Returns False where
-    glibc's mallopt is not available.
-    """
-    name = ctypes.util.find_library('c')
-    libc = ctypes.CDLL(name) if name else None
-    if libc is None or not hasattr(libc, 'mallopt'):
-        return False
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-    ok = libc.mallopt(m_mmap_threshold, 32 * 2**20)  # glibc's maximum on 64-bit systems
-    ok &= libc.mallopt(m_trim_threshold, 2**30)
-    ok &= libc.mallopt(m_top_pad, 64 * 2**20)
-    return bool(ok)
 
 
 def build_model(args) -> nn.Module:
@@ -263,7 +238,6 @@ def run(argv=None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    malloc_tuned = args.tune_malloc and args.device == 'cpu' and tune_glibc_malloc()
     original_scan = msvmamba_module.selective_scan
     if args.stub_scan:
         msvmamba_module.selective_scan = stub_scan
@@ -291,7 +265,7 @@ def run(argv=None) -> None:
     what = args.config or f'arch {args.arch}'
     print(f'{what}, batch {args.batch_size}, shape {tuple(args.shape)}, '
           f'device {args.device}, amp {args.amp}, threads {torch.get_num_threads()}, '
-          f'scan backend {backend}, malloc tuned {malloc_tuned}')
+          f'scan backend {backend}')
     print(f'{args.batch_size / median:.2f} img/s (median {median * 1000:.1f} ms per batch over '
           f'{len(times)} iterations, min {min(times) * 1000:.1f} ms)')
     print(f'peak memory: {peak_memory_mib(args.device):.0f} MiB '

@@ -7,8 +7,8 @@ checkout without installing it, and builds the CUDA extension into the cache
 
 1. checks every backend against the float64 reference (``msvmamba_ops.reference``), forward
    and backward, on fresh random inputs of several shapes, up to detection-scale L = 67,000:
-   max |error| / max |reference| per tensor must be < 1e-5 for fp32 and < 1e-2 for fp16/bf16
-   results (a NaN/Inf never passes);
+   max |error| / max |reference| per tensor must be within the per-backend, per-dtype bound
+   of ``msvmamba_ops.testing.TOLERANCES`` (a NaN/Inf never passes);
 2. times each backend's forward and backward with CUDA events (median after warm-up) at the
    MSVMamba-Tiny scan shapes for batch 128 at 224x224, and reports the achieved GB/s (bytes
    of the tensors read and written once) against a measured device-to-device copy;
@@ -16,11 +16,18 @@ checkout without installing it, and builds the CUDA extension into the cache
    AMP (bf16 autocast), batch 128, 224x224, peak memory), if ``projects.msvmamba`` imports
    without the OpenMMLab packages;
 4. writes a markdown report (``--out``, e.g. docs/benchmarks.md) with the GPU, driver, torch
-   and CUDA versions.
+   and CUDA versions;
+5. trains through this checkout's tools when the OpenMMLab stack is installed (on a GPU: mmcv
+   with CUDA ops, ``FORCE_CUDA=1 bash tools/setup.sh``), each step a subprocess with a time
+   limit (a failure is reported, the other steps still run): ``tools/train.py`` on the
+   quick-start config for 20 iterations with AMP, ``tools/test.py`` on its checkpoint,
+   ``tools/dist_train.sh`` with one process (NCCL), and the training img/s and peak memory of
+   Mask R-CNN-T at 1333x800 and UperNet-T at 512x512 (fp32 and AMP; ``--bench-train``).
 
 Usage (repo root):  python tools/analysis_tools/gpu_check.py --out docs/benchmarks.md
 ``--dry-run`` runs on the CPU (CI): argument parsing, the reference path on tiny shapes (the
-fp32 reference stands in for a backend) and the report writing.
+fp32 reference stands in for a backend) and the report writing; the training steps on the
+CPU (2 iterations without AMP, gloo, the two models at a small input, fp32).
 """
 import argparse
 import contextlib
@@ -33,7 +40,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
@@ -41,170 +48,13 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
-TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
-GRAD_NAMES = ('du', 'ddelta', 'dA', 'dB', 'dC', 'dD', 'ddelta_bias')
-DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+from msvmamba_ops.testing import (DTYPES, GPU_CASES, GRAD_NAMES, TINY_STAGES,  # noqa: E402
+                                  TOLERANCES, ScanCase, cases, check_backend, oracle, passes)
 
-
-class Case:
-    """One correctness case: sizes, dtype and flags."""
-
-    def __init__(self, name, batch, dim, groups, nstate, length, dtype='fp32', softplus=True,
-                 out_float=False, dout_float=False, with_D=True, with_bias=True):
-        self.name, self.batch, self.dim, self.groups = name, batch, dim, groups
-        self.nstate, self.length, self.dtype = nstate, length, dtype
-        self.softplus, self.out_float, self.dout_float = softplus, out_float, dout_float
-        self.with_D, self.with_bias = with_D, with_bias
-
-    @property
-    def shape(self) -> str:
-        return f'{self.batch},{self.dim},{self.groups},{self.nstate},{self.length}'
-
-    def flags(self) -> str:
-        names = [('softplus', self.softplus), ('out_float', self.out_float),
-                 ('dout_fp32', self.dout_float), ('no D', not self.with_D),
-                 ('no bias', not self.with_bias)]
-        return ', '.join(n for n, on in names if on)
-
-
-def _cases(specs) -> List[Case]:
-    """One case per dtype of each spec; flag ``oflex``: fp32 output and dout for fp16/bf16."""
-    out = []
-    for name, sizes, dtypes, kw in specs:
-        for dt in dtypes:
-            extra = dict(kw)
-            oflex = extra.pop('oflex', False) and dt != 'fp32'
-            out.append(Case(name, *sizes, dtype=dt, out_float=oflex, dout_float=oflex, **extra))
-    return out
-
-
-# (name, (batch, dim, groups, nstate, length), dtypes, flags). Sizes exercise: several rows
-# per warp (short L), multi-chunk rows, multi-warp teams (few rows, long L), general N with
-# groups, odd channels per group, L not a multiple of 8. The long-L references take seconds
-# each (a Python loop over L), hence fewer dtypes there.
-ALL = ('fp32', 'bf16', 'fp16')
-GPU_CASES = _cases([
-    ('n1 stage-3 L', (4, 96, 1, 1, 49), ALL, {}),
-    ('n1 stage-0 L', (2, 64, 1, 1, 3136), ALL, dict(oflex=True)),
-    ('n1 odd channels/group', (3, 5, 1, 1, 147), ALL, dict(with_bias=False)),
-    ('n16 groups', (2, 32, 4, 16, 777), ALL, dict(oflex=True)),
-    ('n4 long, no softplus', (1, 4, 2, 4, 20000), ('fp32', 'bf16'),
-     dict(softplus=False, with_D=False)),
-    ('n1 detection L', (1, 8, 1, 1, 67000), ('fp32', 'bf16'), {}),
-])
-DRY_CASES = _cases([
+DRY_CASES = cases([
     ('n1 tiny', (2, 4, 1, 1, 19), ('fp32', 'bf16'), {}),
     ('n2 groups tiny', (1, 4, 2, 2, 9), ('fp32', 'bf16'), dict(oflex=True)),
 ])
-
-# MSVMamba-Tiny (master) at 224x224: per stage E and the full-res / low-res scan lengths.
-TINY_STAGES = [(0, 192, 3136, 2352), (1, 384, 784, 588), (2, 768, 196, 147), (3, 1536, 49, 48)]
-
-
-# ----------------------------------------------------------------------------- inputs/oracle
-def make_inputs(case: Case, device='cpu', seed=0) -> dict:
-    """Random inputs like the model's, generated on ``device``: dt = softplus(delta + bias)
-    (or delta + bias) mostly in 0.001..0.1, A = -exp(A_log) with A_log = log(1..N) (+ noise),
-    u, B, C, D ~ N(0, 1). Also ``dout`` for the backward."""
-    gen = torch.Generator(device=device).manual_seed(seed)
-    dtype = DTYPES[case.dtype]
-    bt, dim, g, n, length = case.batch, case.dim, case.groups, case.nstate, case.length
-
-    def rnd(*shape, scale=1.0, uniform=False):
-        fn = torch.rand if uniform else torch.randn
-        return fn(*shape, generator=gen, device=device) * scale
-
-    dt0 = torch.exp(rnd(dim, uniform=True) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
-    if case.softplus:  # delta_bias = softplus^-1(dt0)
-        delta, bias = rnd(bt, dim, length, scale=0.5), dt0 + torch.log(-torch.expm1(-dt0))
-    else:  # dt = delta + bias itself: keep it positive
-        delta, bias = rnd(bt, dim, length, scale=0.1, uniform=True), dt0
-    A_log = torch.log(torch.arange(1, n + 1, dtype=torch.float32, device=device)).repeat(dim, 1)
-    out_dtype = torch.float32 if case.out_float else dtype
-    return dict(
-        u=rnd(bt, dim, length).to(dtype),
-        delta=delta.to(dtype),
-        A=-torch.exp(A_log + rnd(dim, n, scale=0.1)),
-        B=rnd(bt, g, n, length).to(dtype),
-        C=rnd(bt, g, n, length).to(dtype),
-        D=rnd(dim) if case.with_D else None,
-        delta_bias=bias if case.with_bias else None,
-        dout=rnd(bt, dim, length).to(torch.float32 if case.dout_float else out_dtype),
-    )
-
-
-def reference(case: Case, data: dict) -> Tuple[torch.Tensor, List[Optional[torch.Tensor]]]:
-    """float64 output and autograd gradients of selective_scan_ref (on the inputs' device,
-    results on the CPU), from the (already rounded) inputs upcast to float64."""
-    from msvmamba_ops.reference import selective_scan_ref
-    names = ('u', 'delta', 'A', 'B', 'C', 'D', 'delta_bias')
-    xs = [None if data[k] is None else data[k].detach().double().requires_grad_()
-          for k in names]
-    y = selective_scan_ref(*xs, delta_softplus=case.softplus)
-    y.backward(data['dout'].double())
-    return y.detach().cpu(), [None if x is None else x.grad.cpu() for x in xs]
-
-
-def rel_error(got: Optional[torch.Tensor], ref: Optional[torch.Tensor]) -> float:
-    """max |got - ref| / max |ref|; inf for a missing/extra/misshaped or non-finite result."""
-    if got is None or ref is None:
-        return 0.0 if got is None and ref is None else math.inf
-    if tuple(got.shape) != tuple(ref.shape):
-        return math.inf
-    if got.numel() == 0:
-        return 0.0
-    got = got.detach().cpu().double()
-    if not torch.isfinite(got).all():
-        return math.inf
-    scale = ref.abs().max().item()
-    err = (got - ref).abs().max().item()
-    return err / scale if scale > 0 else err
-
-
-def check_backend(backend, case: Case, data: dict, ref) -> Dict[str, float]:
-    """Relative errors of the backend's fwd/bwd (and dtype mismatches as inf) per tensor."""
-    dtype = DTYPES[case.dtype]
-    args = [data[k] for k in ('u', 'delta', 'A', 'B', 'C', 'D', 'delta_bias')]
-    out = backend.fwd(*args, case.softplus, case.out_float)
-    grads = backend.bwd(*args, data['dout'], case.softplus)
-    y_ref, g_ref = ref
-    want = [dtype, dtype, torch.float32, dtype, dtype, torch.float32, torch.float32]
-    errs = {'out': rel_error(out, y_ref)}
-    if out.dtype != (torch.float32 if case.out_float else dtype):
-        errs['out'] = math.inf
-    for name, g, r, w in zip(GRAD_NAMES, grads, g_ref, want):
-        errs[name] = rel_error(g, r) if g is None or g.dtype == w else math.inf
-    return errs
-
-
-def passes(case: Case, errs: Dict[str, float]) -> bool:
-    dtype = DTYPES[case.dtype]
-    for name, err in errs.items():
-        res_dtype = torch.float32 if name in ('dA', 'dD', 'ddelta_bias') or (
-            name == 'out' and case.out_float) else dtype
-        if not err < TOL[res_dtype]:  # NaN/inf never pass
-            return False
-    return True
-
-
-class ReferenceBackend:
-    """The fp32 reference behind the backend interface (dry run; CPU)."""
-
-    @staticmethod
-    def fwd(u, delta, A, B, C, D, delta_bias, delta_softplus, out_float):
-        from msvmamba_ops.reference import selective_scan_ref
-        return selective_scan_ref(u, delta, A, B, C, D, delta_bias, delta_softplus, out_float)
-
-    @staticmethod
-    def bwd(u, delta, A, B, C, D, delta_bias, dout, delta_softplus):
-        from msvmamba_ops.reference import selective_scan_ref
-        xs = [None if x is None else x.detach().float().requires_grad_()
-              for x in (u, delta, A, B, C, D, delta_bias)]
-        selective_scan_ref(*xs, delta_softplus=delta_softplus, out_float=True).backward(
-            dout.float())
-        dtypes = [u.dtype, u.dtype, torch.float32, u.dtype, u.dtype, torch.float32,
-                  torch.float32]
-        return tuple(None if x is None else x.grad.to(d) for x, d in zip(xs, dtypes))
 
 
 # ----------------------------------------------------------------------------- timing
@@ -253,9 +103,9 @@ def bench_kernels(backends: Dict[str, object], device: str, batch: int, stages, 
     for dname in dtypes:
         for stage, dim, l_full, l_low in stages:
             for branch, length in (('full-res', l_full), ('low-res', l_low)):
-                case = Case('', batch, dim, 1, 1, length, dtype=dname)
-                data = make_inputs(case, device=device)
-                args = [data[k] for k in ('u', 'delta', 'A', 'B', 'C', 'D', 'delta_bias')]
+                case = ScanCase('', batch, dim, 1, 1, length, dtype=dname)
+                data, dout = case.inputs(device=device)
+                args = list(data.values())
                 for bname, backend in backends.items():
                     row = dict(stage=stage, branch=branch, dim=dim, length=length, dtype=dname,
                                backend=bname)
@@ -267,7 +117,7 @@ def bench_kernels(backends: Dict[str, object], device: str, batch: int, stages, 
                         row['fwd_ms'] = timer(device, lambda: backend.fwd(*args, True, False),
                                               iters=iters)
                         row['bwd_ms'] = timer(
-                            device, lambda: backend.bwd(*args, data['dout'], True), iters=iters)
+                            device, lambda: backend.bwd(*args, dout, True), iters=iters)
                     except Exception as exc:  # noqa: BLE001 - reported in the table
                         row['note'] = f'error: {type(exc).__name__}: {exc}'[:200]
                     for kind in ('fwd', 'bwd'):
@@ -381,7 +231,8 @@ def environment(device: str) -> Dict[str, str]:
 def load_backends(device: str, dry_run: bool, names: Sequence[str], notes: Dict[str, str]):
     """The backend modules to check; the reasons for missing ones go to ``notes``."""
     if dry_run:
-        return {'reference-fp32': ReferenceBackend()}
+        from msvmamba_ops import reference
+        return {'reference': reference}
     backends = {}
     if 'cuda' in names:
         from msvmamba_ops import build, cuda_scan
@@ -434,9 +285,13 @@ def write_report(path: Optional[str], env, notes, checks, kernel_rows, copy_gbs,
                     + [[f'backend {k}', v] for k, v in notes.items()]
                     + [['device-to-device copy', f'{copy_gbs:.0f} GB/s' if copy_gbs else '-']])
     lines += ['', '## Correctness against the float64 reference', '',
-              'max |error| / max |reference| per tensor; pass: < 1e-5 for fp32 results, '
-              '< 1e-2 for fp16/bf16 results (dA, dD, ddelta_bias are fp32); NaN/Inf never '
-              'pass. Shape = (batch, D, G, N, L).', '']
+              'max |error| / max |reference| per tensor; pass: within the bound of '
+              'msvmamba_ops.testing.TOLERANCES for the backend and the result dtype ('
+              + '; '.join(f'{b}: ' + ', '.join(f'{str(d)[6:]} {t:g}'
+                                                for d, t in TOLERANCES[b].items())
+                          for b in sorted({b for _, b, _, _ in checks}))
+              + '; dA, dD, ddelta_bias are fp32); NaN/Inf never pass. '
+              'Shape = (batch, D, G, N, L).', '']
     crows = []
     for c, b, e, ok in checks:  # e: errors per tensor, or the exception's text
         errs = [e.get(k) for k in ('out', *GRAD_NAMES)] if isinstance(e, dict) else \
@@ -472,6 +327,278 @@ def write_report(path: Optional[str], env, notes, checks, kernel_rows, copy_gbs,
     return text
 
 
+# ----------------------------------------------------------------------------- training
+# Training through this checkout's tools, as a user runs them (needs what tools/setup.sh
+# installs; on a GPU, mmcv with CUDA ops: FORCE_CUDA=1). Every step is a subprocess with its
+# own time limit, so this process never imports an OpenMMLab package and a failed or hung
+# step is reported while the others still run.
+QUICK_START = REPO / 'configs' / 'quick_start' / 'mask_rcnn_msvmamba_n_tiny_coco.py'
+# (name, config, input (height, width) of the benchmark, dry-run input)
+TRAIN_BENCH = [('Mask R-CNN-T', 'configs/mask_rcnn_msvmamba_t_1x.py', (800, 1333), (128, 128)),
+               ('UperNet-T', 'configs/upernet_msvmamba_t_160k_ade20k.py', (512, 512), (64, 64))]
+# seconds per step, each also bounded by what is left of --training-budget
+STEP_TIMEOUT = {'data': 120, 'train': 240, 'test': 150, 'dist': 180, 'bench': 150}
+_training_deadline = [float('inf')]
+
+
+def run_step(name: str, cmd: Sequence[str], cwd: Path, timeout: float, env=None) -> dict:
+    """Run one step; {'step', 'command', 'status' ('ok', 'FAILED (exit N)', 'TIMED OUT',
+    'skipped: time budget'), 'seconds', 'output' (its last 4000 characters)}."""
+    shown = ' '.join(str(c) for c in cmd).replace(str(REPO) + '/', '')
+    timeout = min(timeout, _training_deadline[0] - time.time())
+    if timeout < 10:
+        return dict(step=name, command=shown, status='skipped: time budget', seconds=0.0,
+                    output='')
+    print(f'[gpu_check] {name}: {shown}', flush=True)
+    t0 = time.time()
+    full_env = dict(os.environ, PYTHONUNBUFFERED='1', **(env or {}))
+    try:
+        proc = subprocess.run([str(c) for c in cmd], cwd=str(cwd), env=full_env,
+                              timeout=timeout, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+        out, status = proc.stdout, 'ok' if proc.returncode == 0 else \
+            f'FAILED (exit {proc.returncode})'
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout if isinstance(exc.stdout, str) else (exc.stdout or b'').decode()
+        status = f'TIMED OUT after {timeout:.0f} s'
+    row = dict(step=name, command=shown, status=status, seconds=time.time() - t0,
+               output=out[-4000:])
+    if status != 'ok':
+        print(f'[gpu_check] {name}: {status}\n{row["output"][-2000:]}', flush=True)
+    return row
+
+
+def stack_problem(device: str) -> Optional[str]:
+    """None if the OpenMMLab stack imports (on a GPU: mmcv with CUDA ops), else why not."""
+    code = ('import mmdet, mmseg, mmcv.ops\n'
+            'print(mmcv.ops.get_compiling_cuda_version())')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          timeout=120, cwd=str(REPO))
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ['?'])[-1]
+        return f'the OpenMMLab stack does not import ({last}): run `bash tools/setup.sh`'
+    if device == 'cuda' and 'not available' in proc.stdout:
+        return ('mmcv is built without CUDA ops (RoIAlign/NMS cannot run on the GPU): run '
+                '`FORCE_CUDA=1 bash tools/setup.sh`')
+    return None
+
+
+def _quick_start_options(iters: int) -> List[str]:
+    warmup = min(10, iters // 2)  # the config's 10 warm-up iterations, fewer for short runs
+    return ['--cfg-options', f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
+            f'param_scheduler.0.end={warmup}', f'param_scheduler.1.begin={warmup}',
+            f'param_scheduler.1.end={iters}', f'default_hooks.checkpoint.interval={iters}']
+
+
+def train_test_steps(device: str, iters: int, work: Path) -> List[dict]:
+    """tools/train.py on the quick-start config (AMP on a GPU), tools/test.py on its
+    checkpoint, then tools/dist_train.sh with one process (NCCL on a GPU, gloo on a CPU)."""
+    tools = REPO / 'tools'
+    steps = [run_step('tiny COCO data', [sys.executable, tools / 'dataset_converters' /
+                                         'make_tiny_datasets.py', 'coco', '--out-dir',
+                                         'data/quick_start', '--num-train', 8, '--num-val', 4,
+                                         '--class-colors'], work, STEP_TIMEOUT['data'])]
+    amp = ['--amp'] if device == 'cuda' else []
+    steps.append(run_step(f'train {iters} iterations' + (' (AMP)' if amp else ''),
+                          [sys.executable, tools / 'train.py', QUICK_START, '--work-dir',
+                           'train', *amp, *_quick_start_options(iters)],
+                          work, STEP_TIMEOUT['train']))
+    checkpoint = work / 'train' / f'iter_{iters}.pth'
+    if checkpoint.is_file():
+        steps.append(run_step('test the trained checkpoint',
+                              [sys.executable, tools / 'test.py', QUICK_START, checkpoint,
+                               '--work-dir', 'test'], work, STEP_TIMEOUT['test']))
+    else:
+        steps.append(dict(step='test the trained checkpoint', command='-', seconds=0.0,
+                          status=f'FAILED (training saved no {checkpoint.name})', output=''))
+    backend = 'nccl' if device == 'cuda' else 'gloo'
+    dist = run_step(f'dist_train.sh, 1 process ({backend})',
+                    ['bash', tools / 'dist_train.sh', QUICK_START, 1, '--work-dir', 'dist',
+                     *_quick_start_options(max(2, iters // 2))],
+                    work, STEP_TIMEOUT['dist'], env={'PORT': str(29500 + os.getpid() % 1000)})
+    if dist['status'] == 'ok' and device == 'cuda' and 'nccl' not in dist['output'].lower():
+        dist['status'] = 'FAILED (no NCCL process group in the log)'
+    steps.append(dist)
+    for row in steps:
+        row['summary'] = summarize_log(row['output'])
+    return steps
+
+
+def summarize_log(text: str) -> str:
+    """The last logged training iteration and loss, and any COCO mAP, of a tool's output."""
+    import re
+    parts = []
+    iters = re.findall(r'Iter\(train\) \[\s*(\d+)/(\d+)\].*?\bloss: ([0-9.]+)', text)
+    if iters:
+        parts.append(f'iteration {iters[-1][0]}/{iters[-1][1]}, loss {iters[-1][2]}')
+    parts += [f'{k} {v}' for k, v in re.findall(r'coco/(bbox_mAP|segm_mAP): (-?[0-9.]+)', text)]
+    return ', '.join(parts)
+
+
+def bench_training(device: str, iters: int, sizes: Dict[str, tuple]) -> List[dict]:
+    """Training img/s and peak memory of Mask R-CNN-T and UperNet-T (random init, synthetic
+    batches at ``sizes``), fp32 and AMP on a GPU, in a subprocess (``--bench-train``)."""
+    precisions = ['fp32', 'amp'] if device == 'cuda' else ['fp32']
+    rows = []
+    for name, config, _, _ in TRAIN_BENCH:
+        height, width = sizes[name]
+        for prec in precisions:
+            step = run_step(f'{name} {height}x{width} {prec}',
+                            [sys.executable, Path(__file__).resolve(), '--bench-train', config,
+                             '--bench-size', height, width, '--bench-precision', prec,
+                             '--iters', iters, *(['--dry-run'] if device == 'cpu' else [])],
+                            REPO, STEP_TIMEOUT['bench'])
+            row = dict(model=name, size=f'{height}x{width}', precision=prec,
+                       status=step['status'], seconds=step['seconds'])
+            for line in step['output'].splitlines():
+                if line.startswith('BENCH '):
+                    import json
+                    row.update(json.loads(line[6:]))
+            if step['status'] == 'ok' and 'img_s' not in row:
+                row['status'] = 'FAILED (no BENCH line in the output)'
+            rows.append(row)
+    return rows
+
+
+def _synthetic_batch(scope: str, batch: int, height: int, width: int, num_classes: int):
+    """A training batch as the data pipeline would deliver it: uint8 images and, for mmdet,
+    8 boxes with their rectangle masks per image; for mmseg, a random label map."""
+    import numpy as np
+    gen = torch.Generator().manual_seed(0)
+    inputs = [torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=gen)
+              for _ in range(batch)]
+    meta = dict(img_shape=(height, width), ori_shape=(height, width), pad_shape=(height, width),
+                scale_factor=(1.0, 1.0))
+    samples = []
+    for _ in range(batch):
+        if scope == 'mmdet':
+            from mmdet.structures import DetDataSample
+            from mmdet.structures.mask import BitmapMasks
+            from mmengine.structures import InstanceData
+            xy = torch.rand(8, 2, generator=gen) * torch.tensor([width, height]) * 0.6
+            wh = (0.1 + 0.3 * torch.rand(8, 2, generator=gen)) * torch.tensor([width, height])
+            boxes = torch.cat([xy, xy + wh], 1).floor()
+            masks = np.zeros((8, height, width), np.uint8)
+            for i, (x1, y1, x2, y2) in enumerate(boxes.int().tolist()):
+                masks[i, y1:y2, x1:x2] = 1
+            sample = DetDataSample(metainfo=meta)
+            sample.gt_instances = InstanceData(
+                bboxes=boxes, labels=torch.randint(0, num_classes, (8, ), generator=gen),
+                masks=BitmapMasks(masks, height, width))
+        else:
+            from mmengine.structures import PixelData
+            from mmseg.structures import SegDataSample
+            sample = SegDataSample(metainfo=meta)
+            sample.gt_sem_seg = PixelData(
+                data=torch.randint(0, num_classes, (1, height, width), generator=gen))
+        samples.append(sample)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+def bench_train_main(args) -> int:
+    """``--bench-train CONFIG``: time ``model.train_step`` of CONFIG's model (random init)
+    on synthetic batches; prints one ``BENCH {json}`` line (runs in its own process)."""
+    import copy
+    import json
+    from mmengine.config import Config
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import MODELS, init_default_scope
+    from projects.msvmamba_mm.scopes import scope_of
+
+    device = 'cpu' if args.dry_run else 'cuda'
+    cfg = Config.fromfile(str(REPO / args.bench_train))
+    scope = scope_of(cfg, args.bench_train)
+    scope.register_modules()
+    init_default_scope(scope.name)
+    cfg.model.backbone.init_cfg = None  # random weights: no ImageNet checkpoint needed
+    height, width = args.bench_size
+    if cfg.model.data_preprocessor.get('size'):  # mmseg pads every image to this size
+        cfg.model.data_preprocessor.size = (height, width)
+    model = MODELS.build(cfg.model)
+    if device == 'cpu':  # SyncBN (UperNet) needs a GPU
+        model = revert_sync_batchnorm(model)
+    model = model.to(device).train()
+    optim_cfg = copy.deepcopy(cfg.optim_wrapper)
+    if args.bench_precision == 'amp':
+        optim_cfg.type = 'AmpOptimWrapper'
+    else:
+        optim_cfg.type = 'OptimWrapper'
+        optim_cfg.pop('loss_scale', None)
+    optim = build_optim_wrapper(model, optim_cfg)
+    batch = 2 if args.dry_run else cfg.train_dataloader.batch_size  # BN needs 2 in the PPM
+    num_classes = (cfg.model.roi_head.bbox_head.num_classes if scope.name == 'mmdet'
+                   else cfg.model.decode_head.num_classes)
+    data = _synthetic_batch(scope.name, batch, height, width, num_classes)
+    warmup, iters = (0, 1) if args.dry_run else (2, args.iters)
+
+    def sync():
+        if device == 'cuda':
+            torch.cuda.synchronize()
+
+    for _ in range(warmup):
+        model.train_step(copy.deepcopy(data), optim)
+    sync()
+    if device == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        losses = model.train_step(copy.deepcopy(data), optim)
+    sync()
+    seconds = time.perf_counter() - t0
+    result = dict(batch=batch, iters=iters, img_s=batch * iters / seconds,
+                  loss=float(torch.as_tensor(losses['loss']).detach()))
+    if device == 'cuda':
+        result['peak_gib'] = torch.cuda.max_memory_allocated() / 2**30
+    print('BENCH ' + json.dumps(result), flush=True)
+    return 0
+
+
+def training_sections(args, device: str) -> dict:
+    """Sections 5-7 of the report: end-to-end train/test, dist_train.sh, training speed."""
+    import tempfile
+    if args.skip_training:
+        return dict(skipped='skipped: --skip-training')
+    problem = stack_problem(device)
+    if problem is not None:
+        print(f'[gpu_check] training sections skipped: {problem}', flush=True)
+        return dict(skipped=f'skipped: {problem}')
+    iters = 2 if args.dry_run else args.train_iters
+    # a dry run (CI, a shared CPU) is bounded by the per-step limits only
+    _training_deadline[0] = time.time() + (math.inf if args.dry_run else args.training_budget)
+    with tempfile.TemporaryDirectory(prefix='gpu_check_') as tmp:
+        steps = train_test_steps(device, iters, Path(tmp))
+    sizes = {name: (dry if args.dry_run else real) for name, _, real, dry in TRAIN_BENCH}
+    return dict(steps=steps, bench=bench_training(device, args.bench_iters, sizes))
+
+
+def training_report(sections: dict) -> List[str]:
+    lines = ['', '## Training through the tools', '']
+    if 'skipped' in sections:
+        return lines + [sections['skipped']]
+    lines += ['`tools/train.py` on the quick-start config (Mask R-CNN + MSVMamba-Nano, tiny '
+              'COCO-format shapes; AMP on a GPU), `tools/test.py` on its checkpoint, '
+              '`tools/dist_train.sh` with one process.', '']
+    lines += _table(['step', 'status', 'seconds', 'result', 'command'],
+                    [[s['step'], s['status'], s['seconds'], s.get('summary', ''),
+                      f"`{s['command']}`"] for s in sections['steps']])
+    lines += ['', '## Mask R-CNN-T and UperNet-T training speed', '',
+              'model.train_step (forward, backward, optimizer step) on synthetic batches of the '
+              "config's batch size per GPU, random init; AMP = AmpOptimWrapper (fp16, dynamic "
+              'loss scale); mean over the timed iterations after 2 warm-up ones.', '']
+    lines += _table(['model', 'input', 'precision', 'batch', 'img/s', 'peak memory GiB',
+                     'status'],
+                    [[r['model'], r['size'], r['precision'], r.get('batch'), r.get('img_s'),
+                      r.get('peak_gib'), r['status']] for r in sections['bench']])
+    return lines
+
+
+def training_failures(sections: dict) -> int:
+    """Training steps that failed or timed out (skipped ones are reported, not counted)."""
+    return sum(row['status'] != 'ok' and not row['status'].startswith('skipped')
+               for row in sections.get('steps', []) + sections.get('bench', []))
+
+
 # ----------------------------------------------------------------------------- main
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
@@ -484,6 +611,19 @@ def parse_args(argv=None):
     p.add_argument('--dtypes', default='fp32,bf16', help='dtypes of the kernel timings')
     p.add_argument('--iters', type=int, default=30, help='timed runs per kernel measurement')
     p.add_argument('--skip-backbone', action='store_true')
+    p.add_argument('--skip-training', action='store_true',
+                   help='skip the training steps through the tools (sections 5-7)')
+    p.add_argument('--train-iters', type=int, default=20,
+                   help='iterations of the quick-start training run')
+    p.add_argument('--bench-iters', type=int, default=5,
+                   help='timed iterations of each Mask R-CNN-T / UperNet-T measurement')
+    p.add_argument('--training-budget', type=float, default=300.0,
+                   help='seconds for all training steps together (GPU runs)')
+    # one training-speed measurement, run by the training step in its own process
+    p.add_argument('--bench-train', metavar='CONFIG', help=argparse.SUPPRESS)
+    p.add_argument('--bench-size', type=int, nargs=2, default=(512, 512), help=argparse.SUPPRESS)
+    p.add_argument('--bench-precision', choices=('fp32', 'amp'), default='fp32',
+                   help=argparse.SUPPRESS)
     p.add_argument('--time-budget', type=float, default=420.0,
                    help='seconds after which remaining timings are skipped')
     return p.parse_args(argv)
@@ -491,6 +631,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.bench_train:
+        return bench_train_main(args)
     t_start = time.time()
     deadline = t_start + args.time_budget
     device = 'cpu' if args.dry_run else 'cuda'
@@ -506,18 +648,19 @@ def main(argv=None) -> int:
 
     checks = []
     for case in (DRY_CASES if args.dry_run else GPU_CASES):
-        data = make_inputs(case, device=device, seed=len(checks) + int(time.time()))
-        ref = reference(case, data)
+        data, dout = case.inputs(device=device, seed=len(checks) + int(time.time()))
+        ref = oracle(data, case.softplus, dout)
         for bname, backend in backends.items():
             try:
-                errs = check_backend(backend, case, data, ref)
-                ok = passes(case, errs)
+                errs = check_backend(backend, case, data, dout, ref)
+                ok = passes(bname, case, errs)
             except Exception as exc:  # noqa: BLE001 - reported in the table
                 errs, ok = f'error: {type(exc).__name__}: {exc}'[:200], False
             checks.append((case, bname, errs, ok))
             print(f'[gpu_check] {case.name} {case.shape} {case.dtype} {bname}: '
                   f'{"ok" if ok else "FAILED"} {errs if not ok else ""}', flush=True)
         del data
+    training = training_sections(args, device)
     if args.dry_run:
         batch, stages, iters = 2, [(0, 8, 16, 12)], 2
     else:
@@ -532,11 +675,17 @@ def main(argv=None) -> int:
     else:
         backbone = bench_backbone(list(backends), device, batch, 224, 10, deadline)
     text = write_report(args.out, env, notes, checks, kernel_rows, copy_gbs, backbone, command)
+    training_text = '\n'.join(training_report(training)) + '\n'
+    text += training_text
+    if args.out:
+        with open(args.out, 'a') as f:
+            f.write(training_text)
     print(text)
     failed = sum(not ok for _, _, _, ok in checks)
     print(f'[gpu_check] {len(checks) - failed}/{len(checks)} checks passed, '
+          f'{training_failures(training)} training step(s) failed, '
           f'{time.time() - t_start:.0f} s' + (f'; report in {args.out}' if args.out else ''))
-    return 1 if failed else 0
+    return 1 if failed or training_failures(training) else 0
 
 
 if __name__ == '__main__':

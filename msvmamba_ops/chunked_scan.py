@@ -1,0 +1,224 @@
+"""Parallel selective scan from standard tensor ops: the 'chunked' backend.
+
+No loop over time steps and no custom kernel: pads, reshapes, ``exp``, ``cumsum``, products
+and sums only. It is what ONNX export (and ``torch.export``) records for the scan, what
+``torch.compile`` / Inductor traces when the backend is 'chunked', and the fast path on
+devices without a compiled kernel (MPS, XPU, ...).
+
+The recurrence, per (batch, channel, state) sequence, is ``h_t = a_t h_{t-1} + x_t`` with
+``a_t = exp(s_t)``, ``s_t = dt_t A`` and ``x_t = dt_t B_t u_t``. The time axis is cut into
+chunks of ``CHUNK`` steps. Inside a chunk starting at step c, with ``P_j = s_{c+1} + ... +
+s_{c+j}`` (``P_0 = 0``)::
+
+    h_{c+j} = exp(P_j) * (exp(s_c) * h_{c-1} + sum_{i<=j} exp(-P_i) x_{c+i})
+
+so a chunk costs two cumsums, two exps and a few products: work linear in L. The states
+entering the chunks, ``h_{c-1}``, obey the same recurrence one level up (decay = the
+chunk's summed log decay, input = the chunk's end state with zero carry-in), solved by the
+same function on an L / CHUNK long sequence, and so on until one chunk is left.
+
+Numerics (float32; float64 alike with its own bounds):
+
+* ``exp(P_j) exp(-P_i) = exp(P_j - P_i)`` is only safe while both factors stay finite and
+  normal, so the per-step (and per-chunk) log decay is floored at ``-18`` (float64:
+  ``-40``): a decay ``exp(s) < exp(-18) = 1.5e-8`` is below float32 resolution (2^-24 =
+  6e-8) relative to the state it multiplies, and raising it to ``1.5e-8`` changes every
+  state by less than that fraction of the largest state. With ``CHUNK = 4`` the exponents
+  then stay within ``3 * 18 = 54`` (``e^54 = 2.8e23``): no overflow, no denormals.
+* The cumsum of rescaled terms only adds terms ``<= j`` (causal), so its rounding error at
+  step j is ``eps * sum_{i<=j} exp(P_j - P_i) |x_i|``, the conditioning of the sequential
+  recurrence itself; there is no cancellation between large growing and decaying factors.
+* Products of decays are never formed step by step: the decay over many steps is
+  ``exp(sum of log decays)``, which is more accurate than a product of rounded ``a_t``
+  when the decays are close to 1 (long memory).
+
+Gradients: the adjoint recurrence (d loss / d h) is the same recurrence backwards in time,
+solved by the same chunked function; the gradient of each log decay is then formed
+directly (``g_t h_{t-1} a_t``) rather than by autograd through the cumsums, which would
+subtract two nearly equal sums when a decay is strong. Only the inputs are saved; the
+states are recomputed in the backward.
+
+Exported graphs cannot branch on the (symbolic) length, so under export / compilation the
+padding is always applied and the number of levels is fixed to ``EXPORT_LEVELS``, which
+covers sequences up to ``CHUNK ** EXPORT_LEVELS`` = 1,048,576 steps (a 4096 x 4096 image
+at stride 4); the extra levels run on single-chunk tensors and cost little.
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+CHUNK = 4
+EXPORT_LEVELS = 10
+# ln(1 / decay) beyond which a decay is below the dtype's resolution: 2^-24 (float32)
+# and 2^-53 (float64) are e^-16.6 and e^-36.7.
+LOG_DECAY_FLOOR = {torch.float32: -18.0, torch.float64: -40.0}
+SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus's default
+
+
+def _symbolic() -> bool:
+    """True while a tracer records the ops (export, torch.compile, jit tracing): shapes
+    may be symbolic, so no Python branch may depend on them."""
+    return (torch.compiler.is_compiling() or torch.compiler.is_exporting()
+            or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing())
+
+
+def softplus(v: Tensor) -> Tensor:
+    """torch's softplus (``log1p(exp(v))``, ``v`` itself above 20) in ops every exporter
+    knows; the exp never overflows, so its gradient is finite everywhere."""
+    small = torch.log1p(torch.exp(torch.clamp(v, max=SOFTPLUS_THRESHOLD)))
+    return torch.where(v > SOFTPLUS_THRESHOLD, v, small)
+
+
+def linear_recurrence(s: Tensor, x: Tensor, levels: Optional[int] = None) -> Tensor:
+    """``h_t = exp(s_t) h_{t-1} + x_t`` along the last dim with ``h_{-1} = 0``.
+
+    ``s`` (log decays, already floored, see the module docstring) and ``x`` have the same
+    shape. ``levels``: chunk levels left to use (None: as many as the length needs, which
+    requires a concrete length).
+    """
+    length = x.shape[-1]
+    floor = LOG_DECAY_FLOOR[x.dtype]
+    chunks = (length + CHUNK - 1) // CHUNK
+    padded = chunks * CHUNK
+    if levels is not None or padded != length:  # under export always pad (maybe by 0)
+        s, x = F.pad(s, (0, padded - length)), F.pad(x, (0, padded - length))
+    s = s.reshape(s.shape[:-1] + (chunks, CHUNK))
+    x = x.reshape(x.shape[:-1] + (chunks, CHUNK))
+    first = s[..., 0]                                     # log decay of each chunk's 1st step
+    # P_j: log decay from the chunk's first step to step j (the first step's own excluded)
+    keep = (torch.arange(CHUNK, device=s.device) > 0).to(s.dtype)
+    P = torch.cumsum(s * keep, dim=-1)
+    grow = torch.exp(P)                                   # in [e^-54, 1] for decays
+    Q = torch.cumsum(x * torch.exp(-P), dim=-1)           # zero carry-in, rescaled
+    more = levels > 0 if levels is not None else chunks > 1
+    if more:
+        # one level up: chunk c's decay and its end state with zero carry-in
+        chunk_decay = torch.clamp(first + P[..., -1], min=floor)
+        ends = linear_recurrence(chunk_decay, grow[..., -1] * Q[..., -1],
+                                 None if levels is None else levels - 1)
+        entering = F.pad(ends[..., :-1], (1, 0))          # state before each chunk
+        Q = Q + (torch.exp(first) * entering).unsqueeze(-1)
+    h = (grow * Q).reshape(x.shape[:-2] + (padded, ))
+    return h if levels is None and padded == length else h.narrow(-1, 0, length)
+
+
+def _discretize(u, delta, A, B, C, delta_bias, delta_softplus):
+    """Accumulation-dtype tensors in the (Bt, G, D/G, N, L) layout, where the channels of a
+    group share their B, C rows by broadcasting: v = delta + bias and dt ((Bt, D, L)),
+    dt, u ((Bt, G, D/G, 1, L)), A (G, D/G, N, 1), B, C ((Bt, G, 1, N, L)) and the
+    unfloored log decays dt A."""
+    acc = torch.float64 if u.dtype == torch.float64 else torch.float32
+    batch, dim, length = u.shape
+    if B.dim() == 3:
+        B, C = B.unsqueeze(1), C.unsqueeze(1)
+    groups, nstate = B.shape[1], B.shape[2]
+    v = delta.to(acc)
+    if delta_bias is not None:
+        v = v + delta_bias.to(acc).unsqueeze(-1)
+    dt = softplus(v) if delta_softplus else v
+    per_group = (batch, groups, dim // groups, 1, length)
+    dt5, u5 = dt.reshape(per_group), u.to(acc).reshape(per_group)
+    A5 = A.to(acc).reshape(groups, dim // groups, nstate, 1)
+    B5, C5 = B.to(acc).unsqueeze(2), C.to(acc).unsqueeze(2)
+    return v, dt, dt5, u5, A5, B5, C5, dt5 * A5
+
+
+def _levels() -> Optional[int]:
+    return EXPORT_LEVELS if _symbolic() else None
+
+
+def _states(dt5, u5, B5, log_decay):
+    """The states h (Bt, G, D/G, N, L)."""
+    s = torch.clamp(log_decay, min=LOG_DECAY_FLOOR[log_decay.dtype])
+    return linear_recurrence(s, (dt5 * u5) * B5, _levels()), s
+
+
+def _forward(u, delta, A, B, C, D, delta_bias, delta_softplus, out_float):
+    _, _, dt5, u5, _, B5, C5, log_decay = _discretize(u, delta, A, B, C, delta_bias,
+                                                     delta_softplus)
+    h, _ = _states(dt5, u5, B5, log_decay)
+    y = (h * C5).sum(3).reshape(u.shape)
+    if D is not None:
+        y = y + D.to(y.dtype).unsqueeze(-1) * u.to(y.dtype)
+    return y if out_float and u.dtype != torch.float64 else y.to(u.dtype)
+
+
+def _gradients(u, delta, A, B, C, D, delta_bias, dout, delta_softplus):
+    """(du, ddelta, dA, dB, dC, dD, ddelta_bias) (None for a missing D / delta_bias).
+
+    The adjoint ``g_t = dout_t C_t + a_{t+1} g_{t+1}`` (d loss / d h_t) is the same linear
+    recurrence run backwards in time, solved by :func:`linear_recurrence` on the flipped
+    sequence; the gradient of each log decay is then formed directly as ``g_t h_{t-1}
+    a_t`` with the unfloored decay. (Autograd through the chunked forward would form it as
+    a difference of two cumsums, which cancels when a decay is strong.)"""
+    v, dt, dt5, u5, A5, B5, C5, log_decay = _discretize(u, delta, A, B, C, delta_bias,
+                                                        delta_softplus)
+    h, s = _states(dt5, u5, B5, log_decay)
+    gy = dout.to(h.dtype).reshape(u5.shape)
+    decay_next = F.pad(s[..., 1:], (0, 1))               # a_{t+1}; g_L = 0
+    g = linear_recurrence(decay_next.flip(-1), (gy * C5).flip(-1), _levels()).flip(-1)
+    g_decay = g * F.pad(h[..., :-1], (1, 0)) * torch.exp(log_decay)  # d loss / d (dt A)
+    gB = (g * B5).sum(3, keepdim=True)
+    ddt = (g_decay * A5).sum(3, keepdim=True) + gB * u5
+    du = gB * dt5
+    if D is not None:
+        du = du + gy * D.to(h.dtype).reshape(u5.shape[1:3] + (1, 1))
+    dA = (g_decay * dt5).sum((0, 4)).reshape(A.shape)
+    dB = (g * dt5 * u5).sum(2).reshape(B.shape)
+    dC = (gy * h).sum(2).reshape(C.shape)
+    ddt = ddt.reshape(u.shape)
+    if delta_softplus:  # torch's softplus gradient: sigmoid(v), 1 above the threshold
+        ddt = ddt * torch.where(v > SOFTPLUS_THRESHOLD, torch.ones_like(v), torch.sigmoid(v))
+    u_acc = u5.reshape(u.shape)
+    return (du.reshape(u.shape).to(u.dtype), ddt.to(delta.dtype), dA.to(A.dtype),
+            dB.to(B.dtype), dC.to(C.dtype),
+            None if D is None else (gy.reshape(u.shape) * u_acc).sum((0, 2)).to(D.dtype),
+            None if delta_bias is None else ddt.sum((0, 2)).to(delta_bias.dtype))
+
+
+class _ChunkedScan(torch.autograd.Function):
+    """The chunked forward with the adjoint backward of :func:`_gradients` (the inputs are
+    saved, the states recomputed)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, out_float):
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
+        ctx.delta_softplus = delta_softplus
+        return _forward(u, delta, A, B, C, D, delta_bias, delta_softplus, out_float)
+
+    @staticmethod
+    def backward(ctx, dout):
+        grads = _gradients(*ctx.saved_tensors, dout, ctx.delta_softplus)
+        return grads + (None, None)
+
+
+def selective_scan_chunked(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                           D: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None,
+                           delta_softplus: bool = False, out_float: bool = False) -> Tensor:
+    """The selective scan of :func:`msvmamba_ops.selective_scan` (same arguments, shapes and
+    dtype policy: float32 arithmetic, float64 for float64 inputs), differentiable.
+    B, C: (Bt, G, N, L) or (Bt, N, L). Without gradients (inference, export) it is the
+    plain forward ops; with them, an autograd function with the adjoint backward."""
+    args = (u, delta, A, B, C, D, delta_bias)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
+        return _ChunkedScan.apply(*args, bool(delta_softplus), bool(out_float))
+    return _forward(*args, delta_softplus, out_float)
+
+
+# ---- backend interface (see msvmamba_ops/scan.py): fwd / bwd on normalised inputs ----
+
+def fwd(u, delta, A, B, C, D, delta_bias, delta_softplus: bool, out_float: bool):
+    with torch.no_grad():
+        return _forward(u, delta, A, B, C, D, delta_bias, delta_softplus, out_float)
+
+
+def bwd(u, delta, A, B, C, D, delta_bias, dout, delta_softplus: bool):
+    """(du, ddelta, dA, dB, dC, dD, ddelta_bias): see :func:`_gradients`."""
+    with torch.no_grad():
+        return _gradients(u, delta, A, B, C, D, delta_bias, dout, delta_softplus)
+
+
+__all__ = ['selective_scan_chunked', 'linear_recurrence', 'softplus', 'fwd', 'bwd', 'CHUNK',
+           'EXPORT_LEVELS', 'LOG_DECAY_FLOOR']
