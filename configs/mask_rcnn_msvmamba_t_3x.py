@@ -9,3 +9,7 @@ _base_ = [
     './_base_/schedules/mask_rcnn_adamw_3x.py',
     'mmdet::_base_/default_runtime.py',
 ]
+
+# checkpoints that survive preemption: written atomically, and --resume falls back past a
+# damaged latest one (projects/msvmamba_mm/checkpoints.py; --resume is always safe to pass)
+default_hooks = dict(checkpoint=dict(type='PreemptionSafeCheckpointHook'))

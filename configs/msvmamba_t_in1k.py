@@ -17,3 +17,7 @@ model = dict(
 # upstream seeds every rank with 0 + rank and turns cudnn.benchmark on
 randomness = dict(seed=0, diff_rank_seed=True)
 env_cfg = dict(cudnn_benchmark=True)
+
+# checkpoints that survive preemption: written atomically, and --resume falls back past a
+# damaged latest one (projects/msvmamba_mm/checkpoints.py; --resume is always safe to pass)
+default_hooks = dict(checkpoint=dict(type='PreemptionSafeCheckpointHook'))

@@ -79,7 +79,7 @@ class Extension:
     op_namespace: Optional[str] = None
 
 
-EXTENSIONS: Dict[str, Optional[Extension]] = {
+EXTENSIONS: Dict[str, Extension] = {
     # Fused CPU selective scan (forward + backward) and the fused inference passes of the
     # backbone's token mixer and ConvFFN; ops torch.ops.msvmamba_cpu.{fwd,bwd,isa,ms2d_branch,
     # convffn_dwconv_gelu}.
@@ -236,11 +236,7 @@ def _spec(name: str) -> Extension:
     if name not in EXTENSIONS:
         raise ExtensionError(f'msvmamba_ops: unknown extension {name!r}; '
                              f'known: {sorted(EXTENSIONS)}')
-    spec = EXTENSIONS[name]
-    if spec is None:
-        raise ExtensionError(f'msvmamba_ops: the {name!r} extension is not available in this '
-                             'version (no entry in msvmamba_ops/build.py EXTENSIONS)')
-    return spec
+    return EXTENSIONS[name]
 
 
 def cache_key(spec: Extension) -> str:
@@ -449,7 +445,7 @@ def buildable(name: str) -> Optional[str]:
     """None if the extension can be built here, else the reason why not."""
     spec = EXTENSIONS.get(name)
     if spec is None:
-        return 'no entry in msvmamba_ops/build.py EXTENSIONS yet'
+        return f'unknown extension {name!r} (known: {sorted(EXTENSIONS)})'
     if spec.cuda:
         nvcc = find_nvcc()
         if nvcc is None:

@@ -1,6 +1,6 @@
 """CUDA backend for the selective scan: the compiled kernels of ``csrc/cuda/``.
 
-Backend interface (docs/TEAM_NOTES.md)::
+Backend interface (docs/development.md, "Add a scan backend")::
 
     fwd(u, delta, A, B, C, D, delta_bias, delta_softplus, out_float) -> out
     bwd(u, delta, A, B, C, D, delta_bias, dout, delta_softplus)

@@ -61,10 +61,12 @@ auto_scale_lr = dict(base_batch_size=4)
 default_hooks = dict(
     # validation metrics logged at their iteration (for the curves), not the epoch
     logger=dict(interval=10, log_metric_by_epoch=False),
-    checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=1))
+    # atomic writes: with max_keep_ckpts=1 a kill while saving keeps the previous one
+    checkpoint=dict(type='PreemptionSafeCheckpointHook', by_epoch=False, interval=max_iters,
+                    max_keep_ckpts=1))
 # saves the untrained (initialised) weights as iter_0.pth before the first iteration,
 # so tools/test.py can evaluate the same model before and after training (registered by
-# projects.msvmamba_mm, which tools/train.py imports)
+# projects.msvmamba_mm, which the base config's custom_imports import)
 custom_hooks = [dict(type='SaveInitCheckpointHook')]
 log_processor = dict(by_epoch=False)
 randomness = dict(seed=0)

@@ -78,7 +78,9 @@ def test_configs_found():
 @pytest.mark.parametrize('path', CONFIGS, ids=IDS)
 def test_config_builds(path):
     cfg = load(path)
-    assert cfg.custom_imports == dict(imports=['projects.msvmamba'],
+    # the backbone, and the run-time glue (checkpoint fix, hooks) that the packages' own
+    # tools need (tests/tools/test_ecosystem_tools.py)
+    assert cfg.custom_imports == dict(imports=['projects.msvmamba', 'projects.msvmamba_mm'],
                                       allow_failed_imports=False)
     model = build_model(cfg)
     bb = backbone(model)
@@ -109,15 +111,17 @@ def test_backbone_widths_match_heads(path):
         assert tuple(bb.out_indices) == (3, ) and bb.final_norm
         assert cfg.model.head.in_channels == dims[3]
     elif cfg.default_scope == 'mmdet':
-        assert tuple(bb.out_indices) == (0, 1, 2, 3) and not bb.final_norm
-        assert list(cfg.model.neck.in_channels) == dims
+        # RetinaNet: stages 1-3 (P3-P7, as mmdet's Swin RetinaNet); the others all four
+        levels = (1, 2, 3) if cfg.model.type == 'RetinaNet' else (0, 1, 2, 3)
+        assert tuple(bb.out_indices) == levels and not bb.final_norm
+        assert list(cfg.model.neck.in_channels) == [dims[i] for i in levels]
     else:
         assert tuple(bb.out_indices) == (0, 1, 2, 3) and not bb.final_norm
         assert list(cfg.model.decode_head.in_channels) == dims
         assert cfg.model.auxiliary_head.in_channels == dims[2]
 
 
-# The paper's values that are easy to lose in inheritance (spec §6.2, §6.3, §7).
+# The paper's values that are easy to lose in inheritance (docs/architecture.md §6.2, §6.3, §7).
 RECIPE = {
     'msvmamba_n_in1k.py': dict(arch='nano', dp=0.2, lr=1e-3),
     'msvmamba_m_in1k.py': dict(arch='micro', dp=0.2, lr=1e-3),
@@ -133,10 +137,36 @@ RECIPE = {
     'upernet_msvmamba_n_160k_ade20k.py': dict(arch='nano', dp=0.3),
     'upernet_msvmamba_m_160k_ade20k.py': dict(arch='micro', dp=0.3),
     'upernet_msvmamba_t_160k_ade20k.py': dict(arch='tiny', dp=0.2),
+    # beyond the paper (drop path: VMamba's det/seg configs of the same size; Swin's
+    # Cascade keeps the Mask R-CNN value), see each config's header
+    'mask_rcnn_msvmambav3_t_1x.py': dict(arch='v3_tiny', dp=0.2, epochs=12),
+    'mask_rcnn_msvmambav3_s_1x.py': dict(arch='v3_small', dp=0.2, epochs=12),
+    'mask_rcnn_msvmambav3_b_1x.py': dict(arch='v3_base', dp=0.6, epochs=12),
+    'mask_rcnn_msvmambav3_t_3x.py': dict(arch='v3_tiny', dp=0.2, epochs=36),
+    'mask_rcnn_msvmambav3_s_3x.py': dict(arch='v3_small', dp=0.2, epochs=36),
+    'mask_rcnn_msvmambav3_b_3x.py': dict(arch='v3_base', dp=0.6, epochs=36),
+    'cascade_mask_rcnn_msvmamba_t_3x.py': dict(arch='tiny', dp=0.2, epochs=36,
+                                               detector='CascadeRCNN'),
+    'cascade_mask_rcnn_msvmambav3_t_3x.py': dict(arch='v3_tiny', dp=0.2, epochs=36,
+                                                 detector='CascadeRCNN'),
+    'cascade_mask_rcnn_msvmambav3_s_3x.py': dict(arch='v3_small', dp=0.2, epochs=36,
+                                                 detector='CascadeRCNN'),
+    'cascade_mask_rcnn_msvmambav3_b_3x.py': dict(arch='v3_base', dp=0.6, epochs=36,
+                                                 detector='CascadeRCNN'),
+    'retinanet_msvmamba_n_1x.py': dict(arch='nano', dp=0.2, epochs=12, detector='RetinaNet'),
+    'retinanet_msvmamba_m_1x.py': dict(arch='micro', dp=0.2, epochs=12,
+                                       detector='RetinaNet'),
+    'upernet_msvmambav3_t_160k_ade20k.py': dict(arch='v3_tiny', dp=0.2),
+    'upernet_msvmambav3_s_160k_ade20k.py': dict(arch='v3_small', dp=0.3),
+    'upernet_msvmambav3_b_160k_ade20k.py': dict(arch='v3_base', dp=0.6),
 }
+# ImageNet-1k weights: upstream's files; v3 (Hugging Face) with their EMA weights
 CKPT = {'nano': 'checkpoints/msvmamba_nano_in1k.pth',
         'micro': 'checkpoints/msvmamba_micro_in1k.pth',
-        'tiny': 'checkpoints/msvmamba_tiny_in1k.pth'}
+        'tiny': 'checkpoints/msvmamba_tiny_in1k.pth',
+        'v3_tiny': 'checkpoints/msvmambav3_tiny_224.pth',
+        'v3_small': 'checkpoints/msvmambav3_small_224.pth',
+        'v3_base': 'checkpoints/msvmambav3_base_224.pth'}
 
 
 def test_recipe_table_covers_configs():
@@ -169,7 +199,7 @@ def test_recipe_values(name):
         assert bb.get('init_cfg') is None  # trained from scratch
         return
     assert bb.init_cfg == dict(type='Pretrained', checkpoint=CKPT[want['arch']],
-                               use_ema=False)
+                               use_ema=want['arch'].startswith('v3'))
     ow = cfg.optim_wrapper
     assert ow.type == 'OptimWrapper' and 'clip_grad' not in ow
     assert ow.paramwise_cfg == dict(custom_keys={'norm': dict(decay_mult=0.0)})
@@ -179,6 +209,7 @@ def test_recipe_values(name):
         assert cfg.train_dataloader.batch_size == 4  # x 4 GPUs = 16
         assert cfg.auto_scale_lr == dict(enable=False, base_batch_size=16)
         assert cfg.train_cfg.max_epochs == want['epochs']
+        assert cfg.model.type == want.get('detector', 'MaskRCNN')
         warmup, steps = cfg.param_scheduler
         assert (warmup.start_factor, warmup.end, warmup.by_epoch) == (1e-3, 1000, False)
         assert steps.milestones == ([8, 11] if want['epochs'] == 12 else [27, 33])
@@ -189,6 +220,7 @@ def test_recipe_values(name):
         assert ow.optimizer == dict(type='AdamW', lr=6e-5, betas=(0.9, 0.999),
                                     weight_decay=0.01)
         assert cfg.train_dataloader.batch_size == 2  # x 8 GPUs = 16
+        assert cfg.auto_scale_lr == dict(enable=False, base_batch_size=16)
         assert cfg.train_cfg.max_iters == 160000 and cfg.train_cfg.val_interval == 16000
         warmup, poly = cfg.param_scheduler
         assert (warmup.start_factor, warmup.end) == (1e-6, 1500)
@@ -202,7 +234,7 @@ def test_recipe_values(name):
 
 
 def test_no_swin_leftovers():
-    """Backbones are replaced, not merged into the Swin/ResNet dicts (spec §9.21)."""
+    """Backbones are replaced, not merged into the Swin/ResNet dicts (docs/architecture.md §9.21)."""
     allowed = {'type', 'arch', 'out_indices', 'final_norm', 'drop_path_rate', 'init_cfg',
                'frozen_stages', 'with_cp', 'in_channels'}
     for path in CONFIGS:
@@ -215,8 +247,8 @@ def test_no_swin_leftovers():
 
 def test_optimizer_builds_and_decays_as_upstream():
     """Classification: no weight decay exactly for the 1-D parameters (upstream's
-    ndim == 1 / '.bias' rule); det/seg: exactly for names containing 'norm' (spec
-    gotcha 16), so A_logs and dt_projs_bias are decayed in both."""
+    ndim == 1 / '.bias' rule); det/seg: exactly for names containing 'norm'
+    (docs/architecture.md §9.16), so A_logs and dt_projs_bias are decayed in both."""
     from mmengine.optim import build_optim_wrapper
     rules = {'msvmamba_n_in1k.py': lambda n, p: p.ndim == 1,
              'mask_rcnn_msvmamba_n_1x.py': lambda n, p: 'norm' in n,
@@ -242,3 +274,21 @@ def test_smallest_model_forward(name):
     with torch.no_grad():
         logits = model(torch.randn(1, 3, 64, 64), mode='tensor')
     assert logits.shape == (1, 1000) and torch.isfinite(logits).all()
+
+
+def test_cascade_heads_and_size():
+    """Cascade Mask R-CNN-T: the Swin 3x heads (3 stages of 4-conv + 1-fc box heads with
+    SyncBN and GIoU on decoded boxes) and about 90M parameters: Cascade Mask R-CNN FPN
+    plus the 32,278,656 of the dense Tiny backbone (docs/architecture.md §6.2)."""
+    cfg = load('cascade_mask_rcnn_msvmamba_t_3x.py')
+    heads = cfg.model.roi_head.bbox_head
+    assert [h.bbox_coder.target_stds for h in heads] == [
+        [0.1, 0.1, 0.2, 0.2], [0.05, 0.05, 0.1, 0.1], [0.033, 0.033, 0.067, 0.067]]
+    for h in heads:
+        assert (h.type, h.num_shared_convs, h.num_shared_fcs) == ('ConvFCBBoxHead', 4, 1)
+        assert h.norm_cfg.type == 'SyncBN' and h.reg_decoded_bbox
+        assert (h.loss_bbox.type, h.loss_bbox.loss_weight) == ('GIoULoss', 10.0)
+    model = build_model(cfg)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(model.backbone) == 32_278_656
+    assert 88e6 < count(model) < 92e6, count(model)

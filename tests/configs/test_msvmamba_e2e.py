@@ -1,108 +1,18 @@
 """The MSVMamba-Nano experiment configs end to end on the CPU: tools/train.py,
 tools/test.py and tools/dist_train.sh as subprocesses on tiny on-disk datasets.
 
-Each run uses the REAL config (model, optimizer, schedulers, train loop, hooks, the
-pipelines' transforms) through a derived config written to a temporary folder that
-``_base_``s it and overrides only what a tiny CPU run needs: data roots (and the COCO
-class names / detection class count of the 3-class shapes data), image scales in the
-pipelines (divided by a constant), batch size, ``num_workers=0``, the number of
-epochs/iterations, checkpoint/log intervals, no validation during training (tools/test.py
-evaluates instead), ``init_cfg=None`` for the ImageNet-pretrained backbones, and for
-classification ``OptimWrapper`` instead of the GPU-only ``AmpOptimWrapper``.
+Each run uses the REAL config through a derived config (the ``tiny_config`` fixture of
+tests/conftest.py) that ``_base_``s it and overrides only what a tiny CPU run needs.
 
 The training runs are module-scoped fixtures: each model is trained once and several
 tests read its work dir.
 """
-import os.path as osp
-import pprint
 import re
 
 import pytest
 import torch
-from mmengine.config import Config
 
 import projects.msvmamba_mm  # noqa: F401  (torch.load of mmengine checkpoints)
-
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-REAL = {
-    'det': osp.join(REPO, 'configs', 'mask_rcnn_msvmamba_n_1x.py'),
-    'seg': osp.join(REPO, 'configs', 'upernet_msvmamba_n_160k_ade20k.py'),
-    'cls': osp.join(REPO, 'configs', 'msvmamba_n_in1k.py'),
-}
-COCO_CLASSES = ('circle', 'square', 'triangle')  # make_tiny_datasets' default kinds
-NO_VAL = 10**6  # val_begin past the end: no validation while training
-SHRINK_KEYS = ('scale', 'crop_size', 'img_scale')
-
-
-def _shrink(obj, div):
-    """``obj`` (a pipeline) with every scale/crop size divided by ``div``."""
-    if isinstance(obj, list):
-        return [_shrink(o, div) for o in obj]
-    if not isinstance(obj, dict):
-        return obj
-    out = {}
-    for key, value in obj.items():
-        if key in SHRINK_KEYS and isinstance(value, int):
-            value = max(1, round(value / div))
-        elif key in SHRINK_KEYS and isinstance(value, (tuple, list)):
-            value = tuple(max(1, round(v / div)) for v in value)
-        else:
-            value = _shrink(value, div)
-        out[key] = value
-    return out
-
-
-def _loader(real, key, div, batch_size, **dataset):
-    pipeline = _shrink(real[key]['dataset']['pipeline'], div)
-    return dict(batch_size=batch_size, num_workers=0, persistent_workers=False,
-                dataset=dict(dataset, pipeline=pipeline))
-
-
-def _overrides(kind, batch_size):
-    """Top-level keys of the derived config of REAL[kind] (merged into the real
-    config's keys by mmengine's inheritance)."""
-    real = Config.fromfile(REAL[kind]).to_dict()
-    if kind == 'det':  # Resize (1333, 800) -> (133, 80): the 128 px images at 80 px
-        root = 'data/tiny_coco/'
-        data = dict(data_root=root, metainfo=dict(classes=COCO_CLASSES))
-        heads = dict(num_classes=len(COCO_CLASSES))
-        evaluator = dict(ann_file=root + 'annotations/instances_val2017.json')
-        return dict(
-            model=dict(backbone=dict(init_cfg=None),
-                       roi_head=dict(bbox_head=heads, mask_head=heads)),
-            train_dataloader=_loader(real, 'train_dataloader', 10, batch_size, **data),
-            val_dataloader=_loader(real, 'val_dataloader', 10, 2, **data),
-            val_evaluator=evaluator, test_evaluator=evaluator,
-            train_cfg=dict(max_epochs=2, val_begin=NO_VAL),  # 2 images/epoch
-            default_hooks=dict(logger=dict(interval=1)))
-    if kind == 'seg':  # crop 512 -> 64, test Resize (2048, 512) -> (256, 64)
-        data = dict(data_root='data/tiny_ade20k')
-        return dict(
-            model=dict(backbone=dict(init_cfg=None), data_preprocessor=dict(size=(64, 64))),
-            train_dataloader=_loader(real, 'train_dataloader', 8, batch_size, **data),
-            val_dataloader=_loader(real, 'val_dataloader', 8, 1, **data),
-            train_cfg=dict(max_iters=2, val_begin=NO_VAL),
-            default_hooks=dict(logger=dict(interval=1),
-                               checkpoint=dict(interval=1)))
-    # cls: RandomResizedCrop/CenterCrop 224 -> 64, ResizeEdge 256 -> 73
-    data = dict(data_root='data/tiny_imagenet')
-    return dict(
-        optim_wrapper=dict(type='OptimWrapper'),
-        train_dataloader=_loader(real, 'train_dataloader', 3.5, batch_size, **data),
-        val_dataloader=_loader(real, 'val_dataloader', 3.5, 3, **data),
-        train_cfg=dict(max_epochs=1, val_begin=NO_VAL),  # 6 images: 2 iterations
-        default_hooks=dict(logger=dict(interval=1)))
-
-
-def derived_config(folder, kind, batch_size=2):
-    """Write ``folder/<real name>`` inheriting REAL[kind] with the tiny overrides."""
-    lines = [f'_base_ = {REAL[kind]!r}', '']
-    for key, value in _overrides(kind, batch_size).items():
-        lines.append(f'{key} = {pprint.pformat(value, sort_dicts=False)}')
-    lines += ['test_dataloader = val_dataloader', '']
-    path = folder / osp.basename(REAL[kind])
-    path.write_text('\n'.join(lines))
-    return path
 
 
 @pytest.fixture(scope='module')
@@ -117,14 +27,14 @@ def ws(tmp_path_factory, tiny, tool_runner):
 
 
 @pytest.fixture(scope='module')
-def trained(ws):
+def trained(ws, tiny_config):
     """``trained(kind)``: (config, work dir) of a tools/train.py run, once per module."""
     root, run = ws
     done = {}
 
     def get(kind):
         if kind not in done:
-            cfg = derived_config(root, kind, batch_size=3 if kind == 'cls' else 2)
+            cfg = tiny_config(root, kind, batch_size=3 if kind == 'cls' else 2)
             work_dir = root / f'train_{kind}'
             run('train.py', cfg, '--work-dir', work_dir).check()
             done[kind] = cfg, work_dir
@@ -195,14 +105,17 @@ def test_classifier_trains_and_evaluates_top1(ws, trained):
         assert 0 <= _metric(out, key) <= 100, key
 
 
-def test_dist_train_two_cpu_processes_writes_the_same_checkpoint_format(ws, trained):
+def test_dist_train_two_cpu_processes_writes_the_same_checkpoint_format(ws, trained,
+                                                                           tiny_config):
     root, run = ws
     (root / 'dist').mkdir()
-    cfg = derived_config(root / 'dist', 'det', batch_size=1)
+    cfg = tiny_config(root / 'dist', 'det', batch_size=1)
     work_dir = root / 'dist_train_det'
     out = run('dist_train.sh', cfg, 2, '--work-dir', work_dir,
               '--cfg-options', 'train_cfg.max_epochs=1').check().out
     assert 'Distributed training: True' in out and "'backend': 'gloo'" in out
+    # parameters and gradients share one layout: DDP copies no gradient into its buckets
+    assert 'Grad strides do not match bucket view strides' not in out
     dist_ckpt = torch.load(work_dir / 'epoch_1.pth')
     assert dist_ckpt['meta']['iter'] == 1  # 2 images, 1 per process
     single = torch.load(trained('det')[1] / 'epoch_1.pth')

@@ -15,7 +15,7 @@ checkout without installing it, and builds the CUDA extension into the cache
 3. times the whole MSVMamba-Tiny backbone per backend (inference and training img/s, fp32 and
    AMP (bf16 autocast), batch 128, 224x224, peak memory), if ``projects.msvmamba`` imports
    without the OpenMMLab packages;
-4. writes a markdown report (``--out``, e.g. docs/benchmarks.md) with the GPU, driver, torch
+4. writes a markdown report (``--out``, e.g. docs/gpu_check.md; it replaces that file, so not docs/benchmarks.md) with the GPU, driver, torch
    and CUDA versions;
 5. trains through this checkout's tools when the OpenMMLab stack is installed (on a GPU: mmcv
    with CUDA ops, ``FORCE_CUDA=1 bash tools/setup.sh``), each step a subprocess with a time
@@ -24,7 +24,7 @@ checkout without installing it, and builds the CUDA extension into the cache
    ``tools/dist_train.sh`` with one process (NCCL), and the training img/s and peak memory of
    Mask R-CNN-T at 1333x800 and UperNet-T at 512x512 (fp32 and AMP; ``--bench-train``).
 
-Usage (repo root):  python tools/analysis_tools/gpu_check.py --out docs/benchmarks.md
+Usage (repo root):  python tools/analysis_tools/gpu_check.py --out docs/gpu_check.md
 ``--dry-run`` runs on the CPU (CI): argument parsing, the reference path on tiny shapes (the
 fp32 reference stands in for a backend) and the report writing; the training steps on the
 CPU (2 iterations without AMP, gloo, the two models at a small input, fp32).
@@ -603,7 +603,7 @@ def training_failures(sections: dict) -> int:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--out', help='markdown report to write (e.g. docs/benchmarks.md)')
+    p.add_argument('--out', help='markdown report to write, replacing the file (e.g. docs/gpu_check.md)')
     p.add_argument('--dry-run', action='store_true',
                    help='CPU only: reference on tiny shapes, report writing (CI)')
     p.add_argument('--backends', default='cuda,triton', help='comma-separated (cuda,triton)')

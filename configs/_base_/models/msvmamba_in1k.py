@@ -7,7 +7,10 @@
 # every nn.Linear, 1/0 for every LayerNorm), which is upstream VSSM._init_weights.
 _base_ = 'mmpretrain::_base_/models/swin_transformer/tiny_224.py'
 
-custom_imports = dict(imports=['projects.msvmamba'], allow_failed_imports=False)
+# projects.msvmamba: the backbone; projects.msvmamba_mm: the torch >= 2.6 checkpoint fix,
+# hooks and model wrappers, so mmdet's/mmseg's/mmpretrain's own tools (and mim) work too
+custom_imports = dict(imports=['projects.msvmamba', 'projects.msvmamba_mm'],
+                      allow_failed_imports=False)
 
 model = dict(
     backbone=dict(

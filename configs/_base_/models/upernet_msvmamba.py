@@ -3,12 +3,15 @@
 # data preprocessor and test mode 'whole' come from mmseg's UperNet-Swin model.
 _base_ = 'mmseg::_base_/models/upernet_swin.py'
 
-custom_imports = dict(imports=['projects.msvmamba'], allow_failed_imports=False)
+# projects.msvmamba: the backbone; projects.msvmamba_mm: the torch >= 2.6 checkpoint fix,
+# hooks and model wrappers, so mmdet's/mmseg's/mmpretrain's own tools (and mim) work too
+custom_imports = dict(imports=['projects.msvmamba', 'projects.msvmamba_mm'],
+                      allow_failed_imports=False)
 
 model = dict(
     pretrained=None,
     backbone=dict(
-        _delete_=True,  # drop every Swin key (spec gotcha 21)
+        _delete_=True,  # drop every Swin key (docs/architecture.md §9.21)
         type='MSVMamba',
         arch='tiny',
         out_indices=(0, 1, 2, 3),  # strides 4, 8, 16, 32

@@ -1,4 +1,4 @@
-# MSVMamba ImageNet-1k recipe (spec §7; upstream main.py/config.py, timm):
+# MSVMamba ImageNet-1k recipe (docs/architecture.md §7; upstream main.py/config.py, timm):
 # 300 epochs, 20 warm-up epochs, per-iteration cosine, total batch 1024.
 #   lr      = BASE_LR 5e-4 x 1024 / 512 = 1e-3 (v3 Base: 3e-4 -> 6e-4)
 #   warm-up = 5e-7 x 2 = 1e-6 = 1e-3 x lr  -> LinearLR start_factor 1e-3

@@ -1,4 +1,4 @@
-# Swin/MSVMamba Mask R-CNN 1x schedule (spec §6.2): AdamW lr 1e-4, betas
+# Swin/MSVMamba Mask R-CNN 1x schedule (docs/architecture.md §6.2): AdamW lr 1e-4, betas
 # (0.9, 0.999), wd 0.05, no decay for parameters whose name contains 'norm'
 # (substring match: block norm/norm2, out_norm, outnorm*, downsample.norm; biases,
 # A_logs, Ds and patch_embed.2 ARE decayed, as upstream). Swin's

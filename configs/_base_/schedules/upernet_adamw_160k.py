@@ -1,4 +1,4 @@
-# Swin/MSVMamba UperNet ADE20K schedule (spec §6.3): AdamW lr 6e-5, betas
+# Swin/MSVMamba UperNet ADE20K schedule (docs/architecture.md §6.3): AdamW lr 6e-5, betas
 # (0.9, 0.999), wd 0.01, no decay for parameters whose name contains 'norm'
 # (Swin's absolute_pos_embed / relative_position_bias_table keys match nothing
 # in MSVMamba and are left out); LinearLR warm-up from 1e-6 x lr over 1500
@@ -24,3 +24,7 @@ param_scheduler = [
 ]
 
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=160000, val_interval=16000)
+
+# lr above is for 16 images in total (8 GPUs x 2); `--auto-scale-lr` rescales it
+# (mmseg's own bases set no auto_scale_lr, so --auto-scale-lr needs this line).
+auto_scale_lr = dict(enable=False, base_batch_size=16)

@@ -1,0 +1,10 @@
+# Cascade Mask R-CNN + FPN, MSVMambav3-Small, COCO 3x multi-scale + crop. No
+# published result. Drop path 0.2 as ./mask_rcnn_msvmambav3_s_3x.py (Swin-S uses
+# 0.2 for Mask R-CNN and Cascade alike); all else as
+# ./cascade_mask_rcnn_msvmambav3_t_3x.py.
+_base_ = './cascade_mask_rcnn_msvmambav3_t_3x.py'
+
+model = dict(
+    backbone=dict(
+        arch='v3_small',
+        init_cfg=dict(checkpoint='checkpoints/msvmambav3_small_224.pth')))
