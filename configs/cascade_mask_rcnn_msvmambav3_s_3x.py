@@ -2,9 +2,6 @@
 # published result. Drop path 0.2 as ./mask_rcnn_msvmambav3_s_3x.py (Swin-S uses
 # 0.2 for Mask R-CNN and Cascade alike); all else as
 # ./cascade_mask_rcnn_msvmambav3_t_3x.py.
-_base_ = './cascade_mask_rcnn_msvmambav3_t_3x.py'
+_base_ = ['./cascade_mask_rcnn_msvmambav3_t_3x.py', './_base_/variants/msvmambav3_small.py']
 
-model = dict(
-    backbone=dict(
-        arch='v3_small',
-        init_cfg=dict(checkpoint='checkpoints/msvmambav3_small_224.pth')))
+model = dict(backbone=_base_.variant.backbone)  # same widths as v3 Tiny

@@ -4,9 +4,8 @@
 # image/GPU x 16 GPUs ("too big"): the total, 16, is ours too (4 GPUs x 4; with less
 # memory use --cfg-options train_dataloader.batch_size=1 on 16 GPUs, or 2 on 8).
 # Everything else as ./mask_rcnn_msvmambav3_t_1x.py.
-_base_ = './mask_rcnn_msvmambav3_t_1x.py'
+_base_ = ['./mask_rcnn_msvmambav3_t_1x.py', './_base_/variants/msvmambav3_base.py']
 
 model = dict(
-    backbone=dict(arch='v3_base', drop_path_rate=0.6,
-                  init_cfg=dict(checkpoint='checkpoints/msvmambav3_base_224.pth')),
-    neck=dict(in_channels=[128, 256, 512, 1024]))
+    backbone=dict(_base_.variant.backbone, drop_path_rate=0.6),
+    neck=dict(in_channels=_base_.variant.widths))

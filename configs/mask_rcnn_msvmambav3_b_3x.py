@@ -2,9 +2,8 @@
 # result. VMamba publishes no Base 3x config: drop path 0.6 from its Base 1x
 # (as its Tiny/Small keep their 1x value for 3x); all else as
 # ./mask_rcnn_msvmambav3_t_3x.py (16 = 4 GPUs x 4, AdamW 1e-4).
-_base_ = './mask_rcnn_msvmambav3_t_3x.py'
+_base_ = ['./mask_rcnn_msvmambav3_t_3x.py', './_base_/variants/msvmambav3_base.py']
 
 model = dict(
-    backbone=dict(arch='v3_base', drop_path_rate=0.6,
-                  init_cfg=dict(checkpoint='checkpoints/msvmambav3_base_224.pth')),
-    neck=dict(in_channels=[128, 256, 512, 1024]))
+    backbone=dict(_base_.variant.backbone, drop_path_rate=0.6),
+    neck=dict(in_channels=_base_.variant.widths))

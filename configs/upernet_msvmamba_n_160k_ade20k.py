@@ -2,12 +2,9 @@
 # ./upernet_msvmamba_t_160k_ade20k.py (2 images/GPU, 16 in total). Drop path
 # 0.3: upstream's Micro/Nano configs inherit it from the Swin segmentation base.
 # Upstream ships this config but reports no result (35.7M params, 860 GFLOPs).
-_base_ = './upernet_msvmamba_t_160k_ade20k.py'
+_base_ = ['./upernet_msvmamba_t_160k_ade20k.py', './_base_/variants/msvmamba_nano.py']
 
 model = dict(
-    backbone=dict(
-        arch='nano',
-        drop_path_rate=0.3,
-        init_cfg=dict(checkpoint='checkpoints/msvmamba_nano_in1k.pth')),
-    decode_head=dict(in_channels=[48, 96, 192, 384]),
-    auxiliary_head=dict(in_channels=192))
+    backbone=dict(_base_.variant.backbone, drop_path_rate=0.3),
+    decode_head=dict(in_channels=_base_.variant.widths),
+    auxiliary_head=dict(in_channels=_base_.variant.widths[2]))  # 4C: stage-3 output

@@ -26,7 +26,7 @@ need_args() {
 }
 
 # torchrun_tool NPROC TOOL ARGS...: NPROC processes of tools/TOOL on this node.
-# Environment: NNODES (1), NODE_RANK (0), MASTER_ADDR (127.0.0.1), PORT (29500).
+# Environment: NNODES (1), NODE_RANK (0), MASTER_ADDR (127.0.0.1), PORT (29500), PYTHON.
 torchrun_tool() {
   local nproc=$1 tool=$2
   shift 2
@@ -41,7 +41,8 @@ torchrun_tool() {
 }
 
 # srun_tool PARTITION JOB_NAME TOOL ARGS...: tools/TOOL as a Slurm job, one task per GPU.
-# Environment: GPUS (8, tasks in all), GPUS_PER_NODE (8), CPUS_PER_TASK (5), SRUN_ARGS.
+# Environment: GPUS (8, tasks in all), GPUS_PER_NODE (8), CPUS_PER_TASK (5), SRUN_ARGS
+# (more srun arguments), PYTHON.
 srun_tool() {
   local partition=$1 job_name=$2 tool=$3
   shift 3

@@ -3,6 +3,8 @@
 
     python tools/infer.py CONFIG CHECKPOINT INPUT [INPUT ...] --out-dir DIR \\
         [--device cpu|cuda] [--score-thr 0.3] [--topk 5] [--cfg-options KEY=VALUE ...]
+    python tools/infer.py CONFIG MODEL.onnx INPUT [INPUT ...] --out-dir DIR \
+        --backend onnxruntime [--threads N]
 
 INPUT: image files or folders (their images, not recursive). By the config's
 ``default_scope``:
@@ -13,6 +15,12 @@ INPUT: image files or folders (their images, not recursive). By the config's
   in ``DIR/pred/``;
 * classification (mmpretrain ``ImageClassificationInferencer``): the top-k classes
   printed and in ``DIR/predictions.json``, the image with its top class in ``DIR/vis/``.
+
+``--backend onnxruntime`` runs a file written by ``tools/deployment/pytorch2onnx.py``
+(classification and segmentation; detection heads are not exported) with ONNX Runtime on
+the CPU: the same inferencer does the same pre- and post-processing, only the network
+(what the file computes) runs in ONNX Runtime instead of PyTorch, so the outputs are the
+PyTorch path's (to float32 rounding).
 """
 import argparse
 import json
@@ -22,6 +30,7 @@ import sys
 
 # this checkout's code first, whatever else is installed
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # tools/: deployment.pytorch2onnx
 
 from projects.msvmamba_mm.errors import UserError  # noqa: E402
 from projects.msvmamba_mm.tooling import (  # noqa: E402
@@ -45,6 +54,11 @@ def parse_args(argv=None):
                         help='detection: draw boxes with at least this score (default 0.3)')
     parser.add_argument('--topk', type=int, default=5,
                         help='classification: classes to report (default 5)')
+    parser.add_argument('--backend', choices=('pytorch', 'onnxruntime'), default='pytorch',
+                        help='pytorch (CHECKPOINT: a checkpoint) or onnxruntime (CHECKPOINT: '
+                        'an .onnx file from tools/deployment/pytorch2onnx.py)')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='onnxruntime: intra-op threads (default: its own choice)')
     return parser.parse_args(argv)
 
 
@@ -65,6 +79,40 @@ def collect_images(inputs):
     return images
 
 
+def _onnx_network(args, scope_name: str):
+    """With ``--backend onnxruntime``: a function ``patch(model)`` that makes the
+    inferencer's model compute its network with the ONNX file (the model's own
+    extract_feat + head forward are what the file holds: the logits), else None."""
+    if args.backend != 'onnxruntime':
+        return None
+    import torch
+    from deployment.pytorch2onnx import TASKS, ort_session, read_metadata
+    task = TASKS.get(scope_name)
+    if task == 'detection':
+        raise UserError('--backend onnxruntime: detection files hold only backbone + neck '
+                        '(extract_feat); boxes, masks and NMS need the PyTorch path '
+                        '(--backend pytorch)')
+    meta = read_metadata(args.checkpoint)
+    if meta.get('task') != task:
+        raise UserError(f'{args.checkpoint} was exported for {meta.get("task", "an unknown task")} '
+                        f'but the config is a {task} config; export it from this config '
+                        'with tools/deployment/pytorch2onnx.py')
+    session = ort_session(args.checkpoint, args.threads)
+    name = session.get_inputs()[0].name
+
+    def network(inputs):
+        logits = session.run(None, {name: inputs.detach().float().cpu().numpy()})[0]
+        return torch.from_numpy(logits).to(inputs.device)
+
+    def patch(model):
+        # extract_feat -> the file's logits; the head's forward passes them through, so
+        # the head's predict (softmax / top-k; resize to the image, argmax) runs as usual
+        model.extract_feat = network
+        head = model.head if task == 'classification' else model.decode_head
+        head.forward = lambda feats: feats
+    return patch
+
+
 def _infer_mmdet(cfg, args, images):
     from mmdet.apis import DetInferencer
     inferencer = DetInferencer(model=cfg, weights=args.checkpoint, device=args.device,
@@ -74,17 +122,54 @@ def _infer_mmdet(cfg, args, images):
     return [osp.join(args.out_dir, 'vis'), osp.join(args.out_dir, 'preds')]
 
 
+def _seg_classes(cfg, model) -> dict:
+    """Class names and palette for the overlay: the checkpoint's (``model.dataset_meta``),
+    else the config's test dataset's (its ``metainfo``, else its class's ``METAINFO``).
+    mmseg's visualizer otherwise draws with Cityscapes' 19 classes whatever the model
+    predicts, and mmseg gives a model without them Cityscapes' as well."""
+    from mmseg.registry import DATASETS
+    from mmseg.utils import get_classes
+    meta = getattr(model, 'dataset_meta', None) or {}
+    if meta.get('classes') and list(meta['classes']) != list(get_classes('cityscapes')):
+        return _classes_and_palette(meta)
+    dataset = cfg.get('test_dataloader', {}).get('dataset', {})
+    kind = dataset.get('type')
+    meta = dict(getattr(DATASETS.get(kind) if isinstance(kind, str) else kind,
+                        'METAINFO', None) or {})
+    meta.update(dataset.get('metainfo') or {})
+    return _classes_and_palette(meta)
+
+
+def _classes_and_palette(meta) -> dict:
+    """``classes`` and ``palette`` of ``meta`` if it has both, one colour per class."""
+    classes, palette = meta.get('classes'), meta.get('palette')
+    if not classes or not palette or len(classes) != len(palette):
+        return {}
+    return dict(classes=list(classes), palette=[list(c) for c in palette])
+
+
 def _infer_mmseg(cfg, args, images):
     from mmseg.apis import MMSegInferencer
-    inferencer = MMSegInferencer(model=cfg, weights=args.checkpoint, device=args.device)
+    patch = _onnx_network(args, 'mmseg')
+    inferencer = MMSegInferencer(model=cfg, weights=None if patch else args.checkpoint,
+                                 device=args.device)
+    classes = _seg_classes(cfg, inferencer.model)
+    if classes:
+        inferencer.model.dataset_meta = classes
+        inferencer.visualizer.set_dataset_meta(**classes)
+    if patch:
+        patch(inferencer.model)
     inferencer(images, out_dir=args.out_dir)
     return [osp.join(args.out_dir, 'vis'), osp.join(args.out_dir, 'pred')]
 
 
 def _infer_mmpretrain(cfg, args, images):
     from mmpretrain.apis import ImageClassificationInferencer
-    inferencer = ImageClassificationInferencer(model=cfg, pretrained=args.checkpoint,
-                                               device=args.device)
+    patch = _onnx_network(args, 'mmpretrain')
+    inferencer = ImageClassificationInferencer(
+        model=cfg, pretrained=False if patch else args.checkpoint, device=args.device)
+    if patch:
+        patch(inferencer.model)
     vis_dir = osp.join(args.out_dir, 'vis')
     results = inferencer(images, show_dir=vis_dir)
     classes = inferencer.classes or []
@@ -112,6 +197,10 @@ def _main(argv=None):
         raise UserError(f'checkpoint not found: {args.checkpoint}')
     images = collect_images(args.inputs)
     cfg, scope = load_scoped_config(args.config, args.cfg_options)
+    if args.backend == 'onnxruntime':
+        if args.device not in (None, 'cpu'):
+            raise UserError('--backend onnxruntime runs on the CPU; drop --device')
+        args.device = 'cpu'
     if args.device is None:
         import torch
         args.device = 'cuda' if torch.cuda.is_available() else 'cpu'

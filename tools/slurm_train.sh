@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Training on a Slurm cluster, one task per GPU.
 #   tools/slurm_train.sh PARTITION JOB_NAME CONFIG WORK_DIR [train.py args...]
-# Environment: GPUS (8, tasks in all), GPUS_PER_NODE (8), CPUS_PER_TASK (5),
-#   SRUN_ARGS (more srun arguments), PYTHON.
+# Environment: see srun_tool in tools/_launch.sh.
 #
 # Preemption and requeue: pass --resume on every start; it is always safe. With no checkpoint
 # in WORK_DIR yet training starts from scratch; after a preemption it continues from the
@@ -15,9 +14,4 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_launch.sh"
 need_args 4 "PARTITION JOB_NAME CONFIG WORK_DIR [train.py args...]" "$@"
-PARTITION=$1
-JOB_NAME=$2
-CONFIG=$3
-WORK_DIR=$4
-shift 4
-srun_tool "$PARTITION" "$JOB_NAME" train.py "$CONFIG" --work-dir="$WORK_DIR" "$@"
+srun_tool "$1" "$2" train.py "$3" --work-dir="$4" "${@:5}"  # CONFIG WORK_DIR ARGS

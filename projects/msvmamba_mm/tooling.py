@@ -11,7 +11,7 @@ from . import cli
 from .cli import run_main
 from .scopes import Scope, scope_of
 
-__all__ = ['load_scoped_config', 'add_config_arguments', 'run_main']
+__all__ = ['load_scoped_config', 'add_config_arguments', 'image_shape', 'run_main']
 
 
 def load_scoped_config(path: str, cfg_options: Optional[dict] = None) -> Tuple[Config, Scope]:
@@ -30,3 +30,12 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('config', help='config file')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
                         help='override config settings, as for tools/train.py')
+
+
+def image_shape(parser: argparse.ArgumentParser, sizes) -> list:
+    """``[H, W]`` from a ``--shape`` of one size (square) or two; else a usage error."""
+    if len(sizes) == 1:
+        return [sizes[0], sizes[0]]
+    if len(sizes) != 2:
+        parser.error('--shape takes H W or a single size')
+    return list(sizes)

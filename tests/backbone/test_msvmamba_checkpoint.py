@@ -110,7 +110,10 @@ def test_official_checkpoint_loads_without_yacs(official_file):
 def test_reading_keeps_what_others_allowed(official_file):
     """Leaving the loader's allowlist context must not drop globals the process allowed
     itself (projects.msvmamba_mm allows numpy dtypes for mmengine checkpoints)."""
-    with torch.serialization.safe_globals([np.dtype]):
+    # Where projects.msvmamba_mm already allowed it, this test's own context must not add
+    # it a second time: leaving the context would then remove it for the rest of the run.
+    allowed_here = [] if np.dtype in torch.serialization.get_safe_globals() else [np.dtype]
+    with torch.serialization.safe_globals(allowed_here):
         load_checkpoint_file(str(official_file[0]))
         assert np.dtype in torch.serialization.get_safe_globals()
 

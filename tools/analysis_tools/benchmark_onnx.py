@@ -16,7 +16,8 @@ all float32 on ``--threads`` CPU threads:
 * ``openvino``: the same file on OpenVINO's CPU plugin (only if ``openvino`` imports).
 
 The methods run in turn, one forward each per round, so that all see the same machine
-load; the medians and their ratios are printed. ``--profile`` adds ONNX Runtime's
+load; the medians and their ratios are printed, after each method's relative error
+against the fused PyTorch path. ``--profile`` adds ONNX Runtime's
 per-operator profile (share of the run time by ONNX op type) at the first batch size.
 """
 import argparse
@@ -129,6 +130,10 @@ def main(argv=None) -> int:
           + f'; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}')
     for batch in args.batch_sizes:
         x = torch.randn(batch, 3, *args.shape)
+        want = methods['pytorch fused'](x).double()
+        print(f'batch {batch} parity, max |diff| / max |pytorch fused|: ' + ', '.join(
+            f'{name} {(torch.as_tensor(fn(x)).double() - want).abs().max() / want.abs().max():.1e}'
+            for name, fn in methods.items() if name != 'pytorch fused'))
         times = {name: [] for name in methods}
         with gc_paused():
             for i in range(args.warmup + args.iters):

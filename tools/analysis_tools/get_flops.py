@@ -37,7 +37,7 @@ from mmengine.config import DictAction  # noqa: E402
 from msvmamba_ops.flops import MSVMAMBA_FLOP_HANDLES  # noqa: E402
 from projects.msvmamba.msvmamba import MSVMamba  # noqa: E402
 from projects.msvmamba_mm.errors import UserError  # noqa: E402
-from projects.msvmamba_mm.tooling import load_scoped_config, run_main  # noqa: E402
+from projects.msvmamba_mm.tooling import image_shape, load_scoped_config, run_main  # noqa: E402
 
 SEED = 0
 
@@ -61,10 +61,7 @@ def parse_args(argv=None):
         parser.error('give either CONFIG or --arch')
     if args.arch and args.backbone_only:
         parser.error('--backbone-only needs a CONFIG (--arch counts the classifier)')
-    if len(args.shape) == 1:
-        args.shape = args.shape * 2
-    elif len(args.shape) != 2:
-        parser.error('--shape takes H W or a single size')
+    args.shape = image_shape(parser, args.shape)
     return args
 
 

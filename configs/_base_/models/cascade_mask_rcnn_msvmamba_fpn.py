@@ -8,28 +8,12 @@
 # 0.033/0.067. RPN, RoI extractors, mask heads, stage loss weights (1, 0.5,
 # 0.25), train/test cfg and data preprocessor: mmdet's Cascade Mask R-CNN
 # R-50-FPN model.
-_base_ = 'mmdet::_base_/models/cascade-mask-rcnn_r50_fpn.py'
-
-# projects.msvmamba: the backbone; projects.msvmamba_mm: the torch >= 2.6 checkpoint fix,
-# hooks and model wrappers, so mmdet's/mmseg's/mmpretrain's own tools (and mim) work too
-custom_imports = dict(imports=['projects.msvmamba', 'projects.msvmamba_mm'],
-                      allow_failed_imports=False)
+_base_ = [
+    'mmdet::_base_/models/cascade-mask-rcnn_r50_fpn.py', './msvmamba_dense_backbone.py'
+]
 
 model = dict(
-    backbone=dict(
-        _delete_=True,  # no ResNet key survives (docs/architecture.md §9.21)
-        type='MSVMamba',
-        arch='tiny',
-        out_indices=(0, 1, 2, 3),  # C, 2C, 4C, 8C at strides 4, 8, 16, 32
-        final_norm=False,  # dense mode: outnorm{i} on each output
-        drop_path_rate=0.2,
-        # 'model' weights of the official ImageNet-1k Tiny file, as our Mask
-        # R-CNN (configs/README.md "Getting the official weights")
-        init_cfg=dict(
-            type='Pretrained',
-            checkpoint='checkpoints/msvmamba_tiny_in1k.pth',
-            use_ema=False),
-    ),
+    backbone=_base_.dense_backbone,  # the Tiny one of our Mask R-CNN
     neck=dict(in_channels=[96, 192, 384, 768]),
     roi_head=dict(bbox_head=[
         dict(

@@ -6,25 +6,14 @@
 # convs on the last input (add_extra_convs='on_input', from the R-50 model), i.e.
 # P3-P7. Stage 0 is not returned, so outnorm0 is not built (no unused parameter
 # under DDP).
-_base_ = 'mmdet::_base_/models/retinanet_r50_fpn.py'
-
-# projects.msvmamba: the backbone; projects.msvmamba_mm: the torch >= 2.6 checkpoint fix,
-# hooks and model wrappers, so mmdet's/mmseg's/mmpretrain's own tools (and mim) work too
-custom_imports = dict(imports=['projects.msvmamba', 'projects.msvmamba_mm'],
-                      allow_failed_imports=False)
+_base_ = ['mmdet::_base_/models/retinanet_r50_fpn.py', './msvmamba_dense_backbone.py']
 
 model = dict(
     backbone=dict(
-        _delete_=True,  # no ResNet key survives (docs/architecture.md §9.21)
-        type='MSVMamba',
+        _base_.dense_backbone,
         arch='micro',
         out_indices=(1, 2, 3),  # 2C, 4C, 8C at strides 8, 16, 32
-        final_norm=False,  # dense mode: outnorm{i} on each output
-        drop_path_rate=0.2,
-        init_cfg=dict(
-            type='Pretrained',
-            checkpoint='checkpoints/msvmamba_micro_in1k.pth',
-            use_ema=False),
-    ),
+        init_cfg=dict(_base_.dense_backbone.init_cfg,
+                      checkpoint='checkpoints/msvmamba_micro_in1k.pth')),
     neck=dict(in_channels=[128, 256, 512], start_level=0, num_outs=5),
 )

@@ -21,20 +21,14 @@ optim_wrapper = dict(
 )
 
 param_scheduler = [
-    dict(
-        type='LinearLR',
-        start_factor=1e-3,
-        by_epoch=True,
-        begin=0,
-        end=20,
-        convert_to_iter_based=True),
+    _base_.param_scheduler[0],  # Swin's: LinearLR from 1e-3 x lr over 20 epochs, per iteration
     dict(
         type='CosineAnnealingLR',
         eta_min_ratio=1e-2,
         by_epoch=True,
         begin=20,
         end=300,
-        convert_to_iter_based=True),
+        convert_to_iter_based=True),  # Swin's decays per epoch, to an absolute eta_min
 ]
 
 train_cfg = dict(by_epoch=True, max_epochs=300, val_interval=1)

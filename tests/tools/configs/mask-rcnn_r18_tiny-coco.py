@@ -1,7 +1,7 @@
 # Stock mmdet Mask R-CNN (ResNet-18, random init) on the tiny COCO-format shapes dataset
 # (tools/dataset_converters/make_tiny_datasets.py coco -> data/tiny_coco). 2 iterations,
 # one validation, a checkpoint every iteration: for tests of the tools on a CPU.
-_base_ = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'
+_base_ = ['mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', './_tiny_run.py']
 custom_imports = dict(imports=['projects.msvmamba_mm'], allow_failed_imports=False)
 
 data_root = 'data/tiny_coco/'
@@ -38,24 +38,17 @@ test_pipeline = [
 ]
 _dataset = dict(data_root=data_root, metainfo=dict(classes=classes))
 train_dataloader = dict(
-    batch_size=2, num_workers=0, persistent_workers=False,
-    dataset=dict(**_dataset, pipeline=train_pipeline))
+    batch_size=2, **_base_.tiny_loader, dataset=dict(**_dataset, pipeline=train_pipeline))
 val_dataloader = dict(
-    batch_size=2, num_workers=0, persistent_workers=False,
-    dataset=dict(**_dataset, pipeline=test_pipeline))
+    batch_size=2, **_base_.tiny_loader, dataset=dict(**_dataset, pipeline=test_pipeline))
 test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
 test_evaluator = val_evaluator
 
 train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=2, val_interval=2)
-# the learning rate changes every iteration, so a resumed scheduler is visible
-param_scheduler = [
-    dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=10)
-]
+param_scheduler = _base_.tiny_param_scheduler
 optim_wrapper = dict(optimizer=dict(_delete_=True, type='AdamW', lr=1e-4,
                                     weight_decay=0.05))
-default_hooks = dict(
-    logger=dict(interval=1),
-    checkpoint=dict(by_epoch=False, interval=1))
+default_hooks = _base_.tiny_default_hooks
 log_processor = dict(by_epoch=False)
-randomness = dict(seed=0)
+randomness = _base_.tiny_randomness

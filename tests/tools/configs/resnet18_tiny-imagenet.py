@@ -1,7 +1,7 @@
 # Stock mmpretrain ResNet-18 classifier (random init) on the tiny ImageNet-style shapes
 # dataset (make_tiny_datasets.py imagenet -> data/tiny_imagenet). 2 iterations, one
 # validation, a checkpoint every iteration: for tests of the tools on a CPU.
-_base_ = 'mmpretrain::resnet/resnet18_8xb32_in1k.py'
+_base_ = ['mmpretrain::resnet/resnet18_8xb32_in1k.py', './_tiny_run.py']
 custom_imports = dict(imports=['projects.msvmamba_mm'], allow_failed_imports=False)
 
 data_root = 'data/tiny_imagenet'
@@ -24,26 +24,20 @@ test_pipeline = [
 ]
 _dataset = dict(data_root=data_root, metainfo=dict(classes=classes))
 train_dataloader = dict(
-    batch_size=4, num_workers=0, persistent_workers=False,
-    dataset=dict(**_dataset, pipeline=train_pipeline))
+    batch_size=4, **_base_.tiny_loader, dataset=dict(**_dataset, pipeline=train_pipeline))
 val_dataloader = dict(
-    batch_size=4, num_workers=0, persistent_workers=False,
-    dataset=dict(**_dataset, pipeline=test_pipeline))
+    batch_size=4, **_base_.tiny_loader, dataset=dict(**_dataset, pipeline=test_pipeline))
 test_dataloader = val_dataloader
 val_evaluator = dict(type='Accuracy', topk=(1, ))
 test_evaluator = val_evaluator
 
 train_cfg = dict(_delete_=True, by_epoch=False, max_iters=2, val_interval=2)
-param_scheduler = [
-    dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=10)
-]
+param_scheduler = _base_.tiny_param_scheduler
 optim_wrapper = dict(optimizer=dict(_delete_=True, type='AdamW', lr=1e-3,
                                     weight_decay=0.05))
-default_hooks = dict(
-    logger=dict(interval=1),
-    checkpoint=dict(by_epoch=False, interval=1))
+default_hooks = _base_.tiny_default_hooks
 log_processor = dict(by_epoch=False)
-randomness = dict(seed=0)
+randomness = _base_.tiny_randomness
 
 # test-time augmentation (tools/test.py --tta): average over a flip
 tta_model = dict(type='AverageClsScoreTTA')

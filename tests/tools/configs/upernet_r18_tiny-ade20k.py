@@ -1,7 +1,7 @@
 # Stock mmseg UperNet (ResNet-18-V1c, random init, SyncBN as shipped) on the tiny
 # ADE20K-style shapes dataset (make_tiny_datasets.py ade20k -> data/tiny_ade20k).
 # 2 iterations, one validation, a checkpoint every iteration: for tests on a CPU.
-_base_ = 'mmseg::upernet/upernet_r18_4xb4-80k_ade20k-512x512.py'
+_base_ = ['mmseg::upernet/upernet_r18_4xb4-80k_ade20k-512x512.py', './_tiny_run.py']
 custom_imports = dict(imports=['projects.msvmamba_mm'], allow_failed_imports=False)
 
 data_root = 'data/tiny_ade20k'
@@ -30,20 +30,16 @@ test_pipeline = [
     dict(type='PackSegInputs'),
 ]
 train_dataloader = dict(
-    batch_size=2, num_workers=0, persistent_workers=False,
+    batch_size=2, **_base_.tiny_loader,
     dataset=dict(data_root=data_root, pipeline=train_pipeline))
 val_dataloader = dict(
-    batch_size=1, num_workers=0, persistent_workers=False,
+    batch_size=1, **_base_.tiny_loader,
     dataset=dict(data_root=data_root, pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=2, val_interval=2)
-param_scheduler = [
-    dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=10)
-]
+param_scheduler = _base_.tiny_param_scheduler
 optim_wrapper = dict(optimizer=dict(_delete_=True, type='AdamW', lr=1e-4,
                                     weight_decay=0.01))
-default_hooks = dict(
-    logger=dict(interval=1),
-    checkpoint=dict(by_epoch=False, interval=1))
-randomness = dict(seed=0)
+default_hooks = _base_.tiny_default_hooks
+randomness = _base_.tiny_randomness

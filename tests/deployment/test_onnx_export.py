@@ -1,0 +1,163 @@
+"""ONNX export (tools/deployment/pytorch2onnx.py) and ONNX Runtime parity on the CPU:
+Nano and v3-Tiny classification, Nano UperNet segmentation.
+
+Each model is exported once with dynamic N, H, W (a module-scoped fixture, through the
+tool's command line: random weights saved as a checkpoint, onnx.checker, the tool's own
+parity check) and then run by ONNX Runtime at 224 x 224, at an odd size and at a second
+batch size, against ``model(x, mode='tensor')`` in PyTorch (the fused CPU path where it
+is built): max |diff| / max |PyTorch| <= 1e-4. The export traces a small image: the
+graph does not depend on it (the scan's level count is fixed under export), so the
+larger sizes test that the file really is dynamic. Segmentation also runs
+``tools/infer.py --backend onnxruntime`` against its PyTorch path."""
+import os.path as osp
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip('onnxruntime')
+pytest.importorskip('onnxscript')
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.join(REPO, 'tools'))
+
+from deployment import pytorch2onnx  # noqa: E402
+
+MODELS = {
+    'nano_cls': 'configs/msvmamba_n_in1k.py',
+    'v3_tiny_cls': 'configs/msvmambav3_t_in1k.py',
+    'nano_seg': 'configs/upernet_msvmamba_n_160k_ade20k.py',
+}
+EXPORT_SHAPE = ['--shape', '64', '64']  # traced at 1 x 64 x 64; the files take any N, H, W
+# the tool's own parity check builds an ONNX Runtime session (26 s of v3-Tiny's 87 s
+# export); the tests below check more, so only one model also runs the tool's check
+TOOL_CHECKED = {'nano_cls'}
+# (batch, H, W)
+INPUTS = [(1, 224, 224), (1, 97, 131), (3, 64, 96)]
+
+
+def _checkpoint(config: str, folder) -> str:
+    """Random weights of the config's model, saved as an mmengine-style checkpoint."""
+    torch.manual_seed(0)
+    model, _, _ = pytorch2onnx.load_model(osp.join(REPO, config), None)
+    path = str(folder / 'random.pth')
+    torch.save({'state_dict': model.state_dict(), 'meta': {}}, path)
+    return path
+
+
+@pytest.fixture(scope='module')
+def exports(tmp_path_factory):
+    """``get(name)``: (PyTorch model with the checkpoint's weights, task, ONNX Runtime
+    session, ONNX file, checkpoint) of ``MODELS[name]``, exported on first use."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            config = osp.join(REPO, MODELS[name])
+            folder = tmp_path_factory.mktemp(name)
+            ckpt = _checkpoint(MODELS[name], folder)
+            out = str(folder / 'model.onnx')
+            check = [] if name in TOOL_CHECKED else ['--no-check']
+            assert pytorch2onnx.main([config, ckpt, '--out', out, '--dynamic']
+                                     + EXPORT_SHAPE + check) == 0
+            model, _, task = pytorch2onnx.load_model(config, ckpt)
+            cache[name] = model, task, pytorch2onnx.ort_session(out), out, ckpt
+        return cache[name]
+    return get
+
+
+@pytest.fixture(scope='module', params=sorted(MODELS))
+def exported(request, exports):
+    return exports(request.param)
+
+
+@pytest.mark.parametrize('shape', INPUTS, ids=lambda s: 'x'.join(map(str, s)))
+def test_onnxruntime_matches_pytorch(exported, shape):
+    model, task, session, _, _ = exported
+    x = torch.randn(shape[0], 3, *shape[1:], generator=torch.Generator().manual_seed(1))
+    errors = pytorch2onnx.relative_errors(model, task, session, x)
+    assert errors and max(errors.values()) <= 1e-4, errors
+
+
+def test_file_holds_standard_ops_and_metadata(exported):
+    import onnx
+    model, task, _, path, _ = exported
+    proto = onnx.load(path)
+    domains = {node.domain for node in proto.graph.node}
+    assert domains <= {'', 'ai.onnx'}, domains  # no custom-op library
+    assert max(o.version for o in proto.opset_import if o.domain in ('', 'ai.onnx')) >= 17
+    meta = pytorch2onnx.read_metadata(path)
+    assert meta['task'] == task and meta['input_name'] == proto.graph.input[0].name
+    pre = meta['preprocess']
+    assert pre['rgb'] is True and len(pre['mean']) == len(pre['std']) == 3
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims[1] == 3 and all(isinstance(d, str) for d in (dims[0], dims[2], dims[3])), dims
+
+
+def test_sliced_adaptive_pool_equals_adaptive_pool():
+    """The export form of adaptive average pooling, on odd and uneven sizes."""
+    x = torch.randn(2, 3, 31, 23, generator=torch.Generator().manual_seed(2))
+    for size in (1, 2, 3, 6, (5, 2)):
+        for h, w in ((31, 23), (7, 9), (6, 6), (4, 13)):
+            part = x[..., :h, :w]
+            want = torch.nn.AdaptiveAvgPool2d(size)(part)
+            got = pytorch2onnx.SlicedAdaptiveAvgPool2d(size)(part)
+            assert got.shape == want.shape
+            torch.testing.assert_close(got, want, rtol=0, atol=5e-7)
+
+
+def test_exportable_pooling_swaps_and_restores():
+    pools = [torch.nn.AdaptiveAvgPool2d(s) for s in (1, 3, (None, 2))]
+    model = torch.nn.Sequential(*pools)
+    with pytorch2onnx.exportable_pooling(model):
+        kinds = [type(m).__name__ for m in model]
+    assert kinds == ['SlicedAdaptiveAvgPool2d', 'SlicedAdaptiveAvgPool2d',
+                     'AdaptiveAvgPool2d'], kinds  # None (keep the size) stays as it is
+    assert list(model) == pools
+
+
+def test_infer_onnxruntime_segmentation_matches_pytorch(exports, tmp_path):
+    """tools/infer.py: same label maps (and a drawn overlay) from the ONNX file as from
+    the checkpoint, on an odd-sized image (the inferencer resizes it as the config's
+    test pipeline does)."""
+    import mmcv
+    import numpy as np
+    import infer
+    _, _, _, onnx_file, ckpt = exports('nano_seg')
+    image = str(tmp_path / 'image.png')
+    rng = np.random.default_rng(0)
+    mmcv.imwrite(rng.integers(0, 256, (45, 67, 3), dtype=np.uint8), image)
+    config = osp.join(REPO, MODELS['nano_seg'])
+    labels, overlays = {}, {}
+    for backend, weights in (('pytorch', ckpt), ('onnxruntime', onnx_file)):
+        out = tmp_path / backend
+        assert infer.main([config, weights, image, '--out-dir', str(out), '--backend',
+                           backend, '--device', 'cpu']) == 0
+        labels[backend] = mmcv.imread(str(out / 'pred' / '00000000_pred.png'), flag='unchanged')
+        overlays[backend] = mmcv.imread(str(out / 'vis' / 'image.png'))
+    a, b = labels['pytorch'], labels['onnxruntime']
+    assert a.shape == b.shape == (45, 67), a.shape
+    assert len(np.unique(a)) > 1  # a real label map, not a constant
+    # logits agree to ~1e-6 relative; only a near-tie between two classes may flip
+    assert (a != b).mean() <= 1e-3, (a != b).mean()
+    assert overlays['pytorch'].shape == overlays['onnxruntime'].shape == (45, 67, 3)
+    assert (overlays['pytorch'] != overlays['onnxruntime']).any(-1).mean() <= 1e-3
+    assert (overlays['pytorch'] != mmcv.imread(image)).any()  # labels were drawn
+
+
+def test_clear_errors(tmp_path, capsys):
+    cfg = tmp_path / 'other_scope.py'
+    cfg.write_text("default_scope = 'mmocr'\nmodel = dict(type='X')\n")
+    ckpt = tmp_path / 'x.pth'
+    torch.save({'state_dict': {'backbone.nothing': torch.zeros(1)}}, str(ckpt))
+    nano = osp.join(REPO, MODELS['nano_cls'])
+    out = str(tmp_path / 'x.onnx')
+    cases = [
+        ([str(cfg), str(ckpt)], "unknown default_scope 'mmocr'"),
+        ([nano, str(tmp_path / 'missing.pth')], 'checkpoint not found'),
+        ([nano, str(ckpt)], 'does not match'),
+        ([nano, str(ckpt), '--opset', '13'], 'opset 17 or newer'),
+    ]
+    for argv, message in cases:
+        assert pytorch2onnx.main(argv + ['--out', out]) == 2
+        assert message in capsys.readouterr().err
