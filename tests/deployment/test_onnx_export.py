@@ -1,5 +1,5 @@
 """ONNX export (tools/deployment/pytorch2onnx.py) and ONNX Runtime parity on the CPU:
-Nano and v3-Tiny classification, Nano UperNet segmentation.
+Nano and v3-Tiny classification, Nano UperNet segmentation, Nano Mask R-CNN backbone + FPN.
 
 Each model is exported once with dynamic N, H, W (a module-scoped fixture, through the
 tool's command line: random weights saved as a checkpoint, onnx.checker, the tool's own
@@ -27,6 +27,7 @@ MODELS = {
     'nano_cls': 'configs/msvmamba_n_in1k.py',
     'v3_tiny_cls': 'configs/msvmambav3_t_in1k.py',
     'nano_seg': 'configs/upernet_msvmamba_n_160k_ade20k.py',
+    'nano_det': 'configs/mask_rcnn_msvmamba_n_1x.py',  # backbone + FPN (extract_feat)
 }
 EXPORT_SHAPE = ['--shape', '64', '64']  # traced at 1 x 64 x 64; the files take any N, H, W
 # the tool's own parity check builds an ONNX Runtime session (26 s of v3-Tiny's 87 s
