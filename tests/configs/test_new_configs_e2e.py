@@ -12,6 +12,7 @@ threshold 0, Cascade samples fewer RoIs, see ``_shrunk_config``). The tools run 
 45 interpreter start-ups; tests/configs/test_msvmamba_e2e.py runs them as subprocesses.
 """
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,14 @@ def _test_metrics(work_dir: Path) -> dict:
     logs = sorted(work_dir.glob('*/*.json'))
     assert logs, f'no metrics json under {work_dir}'
     return json.loads(logs[-1].read_text())
+
+
+@pytest.fixture(autouse=True)
+def _free_disk(tmp_path):
+    """Each run writes 1-3 GB of checkpoints (full-size heads + AdamW state): remove them
+    after the test, so that the 15 runs do not fill a CI machine's disk."""
+    yield
+    shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 @pytest.mark.parametrize('name', sorted(NEW_CONFIGS))
