@@ -18,9 +18,5 @@ _base_ = [
     './_base_/models/cascade_mask_rcnn_msvmamba_fpn.py',
     './_base_/datasets/coco_instance_ms_crop.py',
     './_base_/schedules/mask_rcnn_adamw_3x.py',
-    'mmdet::_base_/default_runtime.py',
+    './_base_/runtime/det_runtime.py',
 ]
-
-# checkpoints that survive preemption: written atomically, and --resume falls back past a
-# damaged latest one (projects/msvmamba_mm/checkpoints.py; --resume is always safe to pass)
-default_hooks = dict(checkpoint=dict(type='PreemptionSafeCheckpointHook'))

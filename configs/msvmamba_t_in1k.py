@@ -6,7 +6,7 @@ _base_ = [
     './_base_/models/msvmamba_in1k.py',
     './_base_/datasets/imagenet_bs128_msvmamba_224.py',
     './_base_/schedules/imagenet_bs1024_adamw_300e.py',
-    'mmpretrain::_base_/default_runtime.py',
+    './_base_/runtime/cls_runtime.py',
 ]
 
 model = dict(
@@ -17,7 +17,3 @@ model = dict(
 # upstream seeds every rank with 0 + rank and turns cudnn.benchmark on
 randomness = dict(seed=0, diff_rank_seed=True)
 env_cfg = dict(cudnn_benchmark=True)
-
-# checkpoints that survive preemption: written atomically, and --resume falls back past a
-# damaged latest one (projects/msvmamba_mm/checkpoints.py; --resume is always safe to pass)
-default_hooks = dict(checkpoint=dict(type='PreemptionSafeCheckpointHook'))

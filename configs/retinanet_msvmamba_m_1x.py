@@ -17,9 +17,5 @@ _base_ = [
     './_base_/models/retinanet_msvmamba_fpn.py',
     './_base_/datasets/coco_detection.py',
     './_base_/schedules/mask_rcnn_adamw_1x.py',
-    'mmdet::_base_/default_runtime.py',
+    './_base_/runtime/det_runtime.py',
 ]
-
-# checkpoints that survive preemption: written atomically, and --resume falls back past a
-# damaged latest one (projects/msvmamba_mm/checkpoints.py; --resume is always safe to pass)
-default_hooks = dict(checkpoint=dict(type='PreemptionSafeCheckpointHook'))

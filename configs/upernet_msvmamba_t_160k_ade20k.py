@@ -22,7 +22,3 @@ model = dict(data_preprocessor=dict(size=crop_size))
 train_dataloader = dict(batch_size=2)
 val_dataloader = dict(batch_size=1)
 test_dataloader = val_dataloader
-
-# checkpoints that survive preemption: written atomically, and --resume falls back past a
-# damaged latest one (projects/msvmamba_mm/checkpoints.py; --resume is always safe to pass)
-default_hooks = dict(checkpoint=dict(type='PreemptionSafeCheckpointHook'))

@@ -113,10 +113,24 @@ def _onnx_network(args, scope_name: str):
     return patch
 
 
+def _check_weights_loaded(model, path: str) -> None:
+    """The inferencers load checkpoints non-strictly and only log what is missing: refuse
+    one that put no weight into the model (an official release file, another model's)."""
+    if '://' in path:
+        return
+    from projects.msvmamba.checkpoint import load_checkpoint_file
+    from projects.msvmamba_mm.checkpoints import loads_nothing_problem
+    problem = loads_nothing_problem(load_checkpoint_file(path), model.state_dict().keys())
+    if problem is not None:
+        raise UserError(f'{path} would load no weight into the {type(model).__name__}: '
+                        f'{problem}')
+
+
 def _infer_mmdet(cfg, args, images):
     from mmdet.apis import DetInferencer
     inferencer = DetInferencer(model=cfg, weights=args.checkpoint, device=args.device,
                                show_progress=False)
+    _check_weights_loaded(inferencer.model, args.checkpoint)
     inferencer(images, out_dir=args.out_dir, pred_score_thr=args.score_thr,
                no_save_pred=False)
     return [osp.join(args.out_dir, 'vis'), osp.join(args.out_dir, 'preds')]
@@ -159,6 +173,8 @@ def _infer_mmseg(cfg, args, images):
         inferencer.visualizer.set_dataset_meta(**classes)
     if patch:
         patch(inferencer.model)
+    else:
+        _check_weights_loaded(inferencer.model, args.checkpoint)
     inferencer(images, out_dir=args.out_dir)
     return [osp.join(args.out_dir, 'vis'), osp.join(args.out_dir, 'pred')]
 
@@ -170,6 +186,8 @@ def _infer_mmpretrain(cfg, args, images):
         model=cfg, pretrained=False if patch else args.checkpoint, device=args.device)
     if patch:
         patch(inferencer.model)
+    else:
+        _check_weights_loaded(inferencer.model, args.checkpoint)
     vis_dir = osp.join(args.out_dir, 'vis')
     results = inferencer(images, show_dir=vis_dir)
     classes = inferencer.classes or []

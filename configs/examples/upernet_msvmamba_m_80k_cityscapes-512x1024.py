@@ -25,5 +25,5 @@ param_scheduler = [
     _base_.param_scheduler[0],
     dict(_base_.param_scheduler[1], end=80000),
 ]
-default_hooks = dict(
-    checkpoint=dict(type='PreemptionSafeCheckpointHook', interval=8000))
+# (the schedule base already sets our PreemptionSafeCheckpointHook)
+default_hooks = dict(checkpoint=dict(interval=8000))

@@ -21,7 +21,11 @@ mmengine's ``HOOKS`` when ``projects.msvmamba_mm`` is imported, e.g. through a c
 * before resuming it checks the checkpoint (zip structure and CRCs, no unpickling): when
   ``--resume`` finds the latest one unusable it resumes from the newest valid older one and
   logs which; when none is valid it stops with an error naming every file; an unusable
-  explicit ``--resume PATH`` is an error naming the file.
+  explicit ``--resume PATH`` is an error naming the file;
+* a checkpoint that would load no weight (``load_from``, ``tools/test.py CONFIG CKPT``,
+  ``--resume``) is an error naming the file: mmengine loads non-strictly and only logs the
+  missing keys, so an official MSVMamba file (``{'model': ...}``, original key names) or
+  another model's checkpoint would otherwise be evaluated or fine-tuned from random weights.
 """
 import glob
 import os
@@ -44,9 +48,10 @@ POINTER_NAME = 'last_checkpoint'  # what mmengine's find_latest_checkpoint reads
 _PARTIAL = re.compile(r'^\..+\.\d+\.[0-9a-f]{8}\.partial$')
 
 
-class CheckpointError(UserError):
-    """A checkpoint to resume from is missing or unreadable (the tools print it as one
-    line; other entry points show it as the exception's message)."""
+class UnusableCheckpointError(UserError):
+    """A checkpoint to resume from is missing or unreadable, or one to load holds no
+    weight of the model (the tools print it as one line; other entry points show it as the
+    exception's message)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -209,7 +214,7 @@ def choose_resume_checkpoint(work_dir: str, filename_tmpl: str,
 
     When the latest checkpoint is unusable, returns the newest valid checkpoint older
     than it from the same folder (and logs a warning saying so); raises
-    :class:`CheckpointError` naming every file when none is valid.
+    :class:`UnusableCheckpointError` naming every file when none is valid.
     """
     latest = _read_pointer(work_dir)
     if latest is None or (latest and not _is_local(latest)):
@@ -226,7 +231,7 @@ def choose_resume_checkpoint(work_dir: str, filename_tmpl: str,
     if fallback is None:
         tried = ''.join(f'\n  {r}' for r in rejected) or \
             f' no other checkpoint named like {filename_tmpl!r} in {folder}'
-        raise CheckpointError(
+        raise UnusableCheckpointError(
             f'cannot resume: {what} is unusable ({problem}), and no older checkpoint is '
             f'valid:{tried}\nTo train from scratch instead, run without --resume.')
     if logger is not None:
@@ -239,7 +244,7 @@ def choose_resume_checkpoint(work_dir: str, filename_tmpl: str,
 
 
 def check_explicit_checkpoint(path: str, filename_tmpl: str, what: str = '--resume') -> None:
-    """Raise :class:`CheckpointError` naming ``path`` (and the newest valid checkpoint
+    """Raise :class:`UnusableCheckpointError` naming ``path`` (and the newest valid checkpoint
     beside it, if any) when ``path`` is not a usable checkpoint."""
     if not _is_local(path):
         return
@@ -252,7 +257,28 @@ def check_explicit_checkpoint(path: str, filename_tmpl: str, what: str = '--resu
                                            _step_of(path, filename_tmpl))
         if other is not None:
             hint = f' The newest valid checkpoint before it is {other}.'
-    raise CheckpointError(f'{what} {path}: not a usable checkpoint: {problem}.{hint}')
+    raise UnusableCheckpointError(f'{what} {path}: not a usable checkpoint: {problem}.{hint}')
+
+
+def loads_nothing_problem(checkpoint, model_keys) -> Optional[str]:
+    """Why mmengine's non-strict load of ``checkpoint`` (as unpickled) would put no weight
+    into a model with state-dict keys ``model_keys``, or None when some weight fits."""
+    if not isinstance(checkpoint, dict):
+        return f'it holds a {type(checkpoint).__name__}, not a dict of weights'
+    if 'state_dict' not in checkpoint and ('model' in checkpoint or 'model_ema' in checkpoint):
+        return ("it is an official MSVMamba checkpoint ('model' weights under the original "
+                'key names): convert it first with python '
+                'tools/model_converters/msvmamba2mmpretrain.py IN OUT (classification), or '
+                'use it to initialise a backbone with --cfg-options '
+                'model.backbone.init_cfg.checkpoint=PATH')
+    weights = checkpoint.get('state_dict', checkpoint)
+    names = {re.sub(r'^module\.', '', k) for k in weights if isinstance(k, str)}
+    own = set(model_keys)
+    if names & own:
+        return None
+    return (f'none of its {len(names)} weight names is one of the model\'s {len(own)} '
+            f'(it has e.g. {sorted(names)[:3]}; the model has e.g. {sorted(own)[:3]}): '
+            'a checkpoint of another model?')
 
 
 # --------------------------------------------------------------------------------------
@@ -271,7 +297,9 @@ class PreemptionSafeCheckpointHook(CheckpointHook):
     * before ``--resume`` (``resume=True``) loads anything, the checkpoint is checked:
       an unusable latest one is replaced by the newest valid older one (with a warning),
       none valid or an unusable explicit checkpoint stops the run with an error naming
-      the files.
+      the files;
+    * a loaded checkpoint (``load_from`` or resume) with no weight of the model is an
+      error naming it (mmengine alone would only log the missing keys).
 
     Args:
         **kwargs: mmengine's ``CheckpointHook`` arguments.
@@ -289,6 +317,14 @@ class PreemptionSafeCheckpointHook(CheckpointHook):
                 runner._load_from = chosen  # resume from it instead of last_checkpoint
         else:
             check_explicit_checkpoint(load_from, self.filename_tmpl)
+
+    def after_load_checkpoint(self, runner, checkpoint) -> None:
+        model = getattr(runner.model, 'module', runner.model)  # unwrap DDP
+        problem = loads_nothing_problem(checkpoint, model.state_dict().keys())
+        if problem is not None:
+            path = getattr(runner, '_load_from', None) or 'the checkpoint'
+            raise UnusableCheckpointError(f'{path} would load no weight into the '
+                                          f'{type(model).__name__}: {problem}')
 
     def before_train(self, runner) -> None:
         out_dir = self.out_dir or runner.work_dir

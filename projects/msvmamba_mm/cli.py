@@ -217,13 +217,25 @@ def _start(cfg: Config, scope: Scope, launcher: str):
     return build_runner(cfg)
 
 
+def _reported_errors() -> Tuple[type, ...]:
+    """The exceptions a tool reports as one line: :class:`UserError`, and the backbone
+    loader's ``CheckpointError`` (a pretrained file that is damaged or does not fit is
+    only read in ``init_weights``, after the checks here). The loader's module is looked
+    up, not imported: if it was never loaded, nothing raised its error."""
+    loader = sys.modules.get('projects.msvmamba.checkpoint')
+    return (UserError,) + ((loader.CheckpointError,) if loader is not None else ())
+
+
 def run_main(main: Callable[[Optional[List[str]]], None],
              argv: Optional[List[str]] = None) -> int:
-    """Run a tool's ``main(argv)``: a :class:`UserError` becomes one ``error: ...`` line on
-    stderr and exit status 2; distributed state is shut down either way."""
+    """Run a tool's ``main(argv)``: a :class:`UserError` or a checkpoint the backbone
+    cannot load becomes one ``error: ...`` line on stderr and exit status 2; distributed
+    state is shut down either way."""
     try:
         main(argv)
-    except UserError as e:
+    except Exception as e:  # noqa: B902  (re-raised below unless it is one we report)
+        if not isinstance(e, _reported_errors()):
+            raise
         print(f'error: {e}', file=sys.stderr)
         return 2
     finally:

@@ -82,6 +82,8 @@ def test_config_builds(path):
     # tools need (tests/tools/test_ecosystem_tools.py)
     assert cfg.custom_imports == dict(imports=['projects.msvmamba', 'projects.msvmamba_mm'],
                                       allow_failed_imports=False)
+    # checkpoints written atomically, --resume safe to pass (projects/msvmamba_mm/checkpoints.py)
+    assert cfg.default_hooks.checkpoint.type == 'PreemptionSafeCheckpointHook'
     model = build_model(cfg)
     bb = backbone(model)
     assert type(bb).__name__ == 'MSVMamba'

@@ -151,6 +151,8 @@ def test_clear_errors(tmp_path, capsys):
     cfg.write_text("default_scope = 'mmocr'\nmodel = dict(type='X')\n")
     ckpt = tmp_path / 'x.pth'
     torch.save({'state_dict': {'backbone.nothing': torch.zeros(1)}}, str(ckpt))
+    official = tmp_path / 'official.pth'  # the layout of the released ImageNet files
+    torch.save({'model': {'patch_embed.0.weight': torch.zeros(1)}}, str(official))
     nano = osp.join(REPO, MODELS['nano_cls'])
     out = str(tmp_path / 'x.onnx')
     cases = [
@@ -158,6 +160,9 @@ def test_clear_errors(tmp_path, capsys):
         ([nano, str(tmp_path / 'missing.pth')], 'checkpoint not found'),
         ([nano, str(ckpt)], 'does not match'),
         ([nano, str(ckpt), '--opset', '13'], 'opset 17 or newer'),
+        ([osp.join(REPO, MODELS['nano_seg']), str(official)],
+         'is an official ImageNet file (backbone and classifier only); exporting a '
+         'segmentation model needs'),
     ]
     for argv, message in cases:
         assert pytorch2onnx.main(argv + ['--out', out]) == 2

@@ -8,6 +8,8 @@ import os.path as osp
 import subprocess
 import sys
 
+import mmcv
+import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
@@ -176,6 +178,17 @@ def test_infer_user_errors(tool_configs, tmp_path, capsys):
             ([tool_configs['det'], str(ckpt), str(tmp_path)], 'no images')):
         assert tool.main([*args, '--out-dir', str(tmp_path / 'o')]) == 2
         assert capsys.readouterr().err.startswith('error: ' + message)
+    # checkpoints that exist but would load nothing (the inferencers only log that)
+    image = str(tmp_path / 'x.png')
+    mmcv.imwrite(np.zeros((32, 32, 3), np.uint8), image)
+    official, other = tmp_path / 'official.pth', tmp_path / 'other.pth'
+    torch.save({'model': {'layers.0.blocks.0.norm.weight': torch.ones(4)}}, official)
+    torch.save({'state_dict': {'encoder.weight': torch.ones(4)}}, other)
+    for path, message in ((official, 'msvmamba2mmpretrain.py'), (other, 'another model')):
+        assert tool.main([tool_configs['cls'], str(path), image, '--device', 'cpu',
+                          '--out-dir', str(tmp_path / 'o')]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f'error: {path} would load no weight') and message in err, err
 
 
 # ----------------------------------------------------------------------------------------

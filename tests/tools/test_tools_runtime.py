@@ -55,7 +55,7 @@ class NumpyInfoHook(Hook):
         runner.message_hub.update_info('history', np.arange(3, dtype=np.int64))
 
 
-def _toy_runner(work_dir, name, **kwargs):
+def _toy_runner(work_dir, name, checkpoint_hook='CheckpointHook', **kwargs):
     return Runner(
         model=ToyModel(), work_dir=str(work_dir), experiment_name=name,
         train_dataloader=dict(
@@ -66,7 +66,7 @@ def _toy_runner(work_dir, name, **kwargs):
         param_scheduler=dict(type='LinearLR', start_factor=0.1, by_epoch=False,
                              begin=0, end=10),
         train_cfg=dict(by_epoch=False, max_iters=2),
-        default_hooks=dict(checkpoint=dict(type='CheckpointHook', by_epoch=False,
+        default_hooks=dict(checkpoint=dict(type=checkpoint_hook, by_epoch=False,
                                            interval=1)),
         custom_hooks=[NumpyInfoHook()], log_level='WARNING', **kwargs)
 
@@ -141,6 +141,33 @@ def test_resume_restores_iteration_optimizer_and_scheduler(toy_checkpoints, tmp_
     assert runner.message_hub.get_info('best_score') == np.float64(1.5)
 
 
+@pytest.mark.parametrize('layout', ['official', 'another model', 'fits'])
+def test_checkpoint_that_loads_nothing_is_refused(toy_checkpoints, tmp_path, layout):
+    """Our checkpoint hook (every config sets it) refuses a load_from / tools/test.py
+    checkpoint with no weight of the model; mmengine alone only logs the missing keys and
+    goes on with random weights. A checkpoint that fits still loads."""
+    from projects.msvmamba_mm.checkpoints import UnusableCheckpointError
+    weights = torch.load(toy_checkpoints / 'iter_2.pth')['state_dict']
+    path = tmp_path / 'weights.pth'
+    if layout == 'official':  # the released files: {'model': ...}, original names
+        torch.save({'model': weights}, path)
+    elif layout == 'another model':
+        torch.save({'state_dict': {'backbone.' + k: v for k, v in weights.items()}}, path)
+    else:
+        torch.save({'state_dict': weights, 'meta': {}}, path)
+    runner = _toy_runner(tmp_path, f'toy_{layout}', load_from=str(path),
+                         checkpoint_hook='PreemptionSafeCheckpointHook')
+    if layout == 'fits':
+        runner.load_checkpoint(str(path))  # what train() / test() do first, hooks included
+        assert torch.equal(runner.model.linear.weight.detach(), weights['linear.weight'])
+        return
+    with pytest.raises(UnusableCheckpointError) as info:
+        runner.train()
+    message = str(info.value)
+    assert str(path) in message and 'would load no weight into the ToyModel' in message
+    assert ('msvmamba2mmpretrain.py' if layout == 'official' else 'another model') in message
+
+
 # --------------------------------------------------------------------------------------
 # distributed on CPU
 # --------------------------------------------------------------------------------------
@@ -207,6 +234,29 @@ def test_tools_user_errors(tmp_path, capsys, main, args, message):
     assert entry(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith('error: ' + message.format(**paths)), err
+
+
+def test_damaged_backbone_checkpoint_is_one_line(tmp_path, capsys):
+    """A pretrained file that exists but is damaged passes the tools' early checks and is
+    only read in ``init_weights``: the backbone loader's error still ends as one line naming
+    the file (exit status 2), while any other exception keeps its traceback."""
+    from projects.msvmamba import MSVMamba, load_pretrained
+    damaged = tmp_path / 'msvmamba_nano_in1k.pth'
+    damaged.write_bytes(b'PK\x03\x04' + bytes(64))  # a zip header, then nothing
+    backbone = MSVMamba(arch='nano')
+
+    def train(argv):
+        load_pretrained(backbone, str(damaged))
+
+    assert cli.run_main(train, []) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('error: ') and str(damaged) in err[0], err
+
+    def broken(argv):
+        raise ZeroDivisionError('a bug, not a user mistake')
+
+    with pytest.raises(ZeroDivisionError):
+        cli.run_main(broken, [])
 
 
 def _train_args(**kwargs):

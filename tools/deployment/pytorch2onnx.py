@@ -54,8 +54,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog='tools/deployment/pytorch2onnx.py',
                                      description=__doc__.split('\n\n')[0])
     add_config_arguments(parser)
-    parser.add_argument('checkpoint', help='checkpoint file (mmengine, official or state '
-                        'dict)')
+    parser.add_argument('checkpoint', help='checkpoint file: mmengine (tools/train.py), '
+                        'a state dict, or for classification an official release file')
     parser.add_argument('--out', required=True, help='ONNX file to write')
     parser.add_argument('--shape', type=int, nargs='+', default=[224, 224],
                         metavar='SIZE', help='export input H W (one value: square); '
@@ -161,18 +161,28 @@ def load_model(config: str, checkpoint: Optional[str],
     registry = importlib.import_module(f'{scope.package}.registry')
     model = registry.MODELS.build(cfg.model)
     if checkpoint is not None:
-        load_weights(model, checkpoint)
+        load_weights(model, checkpoint, TASKS[scope.name])
     return model.eval(), cfg, TASKS[scope.name]
 
 
-def load_weights(model: nn.Module, path: str) -> None:
-    """Weights-only load; a checkpoint that does not fit the model is a one-line error."""
-    from projects.msvmamba.checkpoint import (CheckpointError, extract_state_dict,
-                                              load_checkpoint_file, load_state_dict)
+def load_weights(model: nn.Module, path: str, task: str) -> None:
+    """Weights-only load; a checkpoint that does not fit the model is a one-line error.
+    An official classification file (``{'model': ...}``, the released ImageNet weights) is
+    converted to mmpretrain's names on the fly, as msvmamba2mmpretrain.py would."""
+    from projects.msvmamba.checkpoint import (CheckpointError, convert_to_mmpretrain,
+                                              extract_state_dict, load_checkpoint_file,
+                                              load_state_dict)
     if not ('://' in path or osp.isfile(path)):
         raise UserError(f'checkpoint not found: {path}')
     try:
-        state_dict, _ = extract_state_dict(load_checkpoint_file(path), source=path)
+        state_dict, where = extract_state_dict(load_checkpoint_file(path), source=path)
+        if where.startswith('official'):
+            if task != 'classification':
+                raise UserError(
+                    f'checkpoint {path} is an official ImageNet file (backbone and '
+                    f'classifier only); exporting a {task} model needs a checkpoint of the '
+                    'whole trained model (tools/train.py writes one)')
+            state_dict = convert_to_mmpretrain(state_dict)
         load_state_dict(model, state_dict, source=path, strict=True)
     except (CheckpointError, KeyError, TypeError, ValueError) as err:
         raise UserError(f'checkpoint {path} does not match the config\'s model: '

@@ -28,3 +28,8 @@ train_cfg = dict(type='IterBasedTrainLoop', max_iters=160000, val_interval=16000
 # lr above is for 16 images in total (8 GPUs x 2); `--auto-scale-lr` rescales it
 # (mmseg's own bases set no auto_scale_lr, so --auto-scale-lr needs this line).
 auto_scale_lr = dict(enable=False, base_batch_size=16)
+
+# our checkpoint hook (mmseg keeps default_hooks in its schedules, not its runtime):
+# checkpoints are written atomically and --resume falls back past a damaged latest one,
+# so --resume is always safe to pass (projects/msvmamba_mm/checkpoints.py)
+default_hooks = dict(checkpoint=dict(type='PreemptionSafeCheckpointHook'))

@@ -1,6 +1,6 @@
-"""Shared data for the backbone tests: the seeded reference files of the upstream code
-(tests/data/seeded, see its README), the weight rule that rebuilds their official state
-dicts, and small architectures that run fast with the reference selective scan."""
+"""Shared data for the backbone and deployment tests: the seeded reference files of the
+upstream code (tests/data/seeded, see its README), the weight rule that rebuilds their
+official state dicts, and small architectures that run fast with the reference scan."""
 import importlib.util
 import math
 from collections import OrderedDict
@@ -9,7 +9,7 @@ from typing import Dict, List, Sequence
 
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 SEEDED_DIR = REPO / 'tests' / 'data' / 'seeded'
 CONVERTER = REPO / 'tools' / 'model_converters' / 'msvmamba2mmpretrain.py'
 # The six released architectures, each with a seeded_<arch>.pt.

@@ -1,0 +1,87 @@
+"""MSVMamba-Tiny exported as a user would, run by ONNX Runtime on real photographs.
+
+The weights are the official Tiny state dict rebuilt from the seeded weight rule
+(tests/data/seeded, the same file and names the upstream release uses), saved as an
+official checkpoint (``{'model': ...}``) and exported by the command
+
+    python tools/deployment/pytorch2onnx.py configs/msvmamba_t_in1k.py CKPT --out t.onnx --dynamic
+
+The photographs (tests/data/images, see its README) are read with mmcv and normalised from
+the file's own metadata, as a deployment would, at their own uneven sizes (512 x 512,
+300 x 451, 400 x 600), resized to 224 x 224, and as one batch of three. Each logits
+tensor must be within 1e-4 (max |diff| / max |PyTorch|) of ``model(x, mode='tensor')``.
+About 1 min on 2 cores (most of it the export)."""
+import os.path as osp
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip('onnxruntime')
+pytest.importorskip('onnxscript')
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / 'tools'))
+
+from backbone_utils import assert_checksums, load_seeded, seeded_state_dict  # noqa: E402
+from deployment import pytorch2onnx  # noqa: E402
+
+CONFIG = str(REPO / 'configs' / 'msvmamba_t_in1k.py')
+PHOTOS = sorted((REPO / 'tests' / 'data' / 'images').glob('*.jpg'))
+
+
+@pytest.fixture(scope='module')
+def tiny_export(tmp_path_factory):
+    """(PyTorch model, ONNX Runtime session, ONNX file) of the seeded official Tiny."""
+    folder = tmp_path_factory.mktemp('tiny_photos')
+    seeded = load_seeded('tiny')
+    official = seeded_state_dict(seeded['keys'])
+    assert_checksums(official, seeded['key_checksums'])
+    ckpt = str(folder / 'msvmamba_tiny_official.pth')
+    torch.save({'model': official}, ckpt)  # the layout of the released files
+    out = str(folder / 't.onnx')
+    assert pytorch2onnx.main([CONFIG, ckpt, '--out', out, '--dynamic', '--no-check']) == 0
+    model, _, _ = pytorch2onnx.load_model(CONFIG, ckpt)
+    return model, pytorch2onnx.ort_session(out, threads=2), out
+
+
+def normalised(path: Path, meta: dict, size=None) -> torch.Tensor:
+    """(1, 3, H, W) float32 input, prepared from the ONNX file's metadata alone."""
+    import mmcv
+    image = mmcv.imread(str(path))  # BGR, uint8
+    if size is not None:
+        image = mmcv.imresize(image, size[::-1])
+    pre = meta['preprocess']
+    if pre['rgb']:
+        image = image[..., ::-1]
+    x = torch.from_numpy(image.copy()).float()
+    x = (x - torch.tensor(pre['mean'])) / torch.tensor(pre['std'])
+    return x.permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def test_photos_are_real_and_uneven():
+    assert [p.name for p in PHOTOS] == ['astronaut.jpg', 'chelsea.jpg', 'coffee.jpg']
+
+
+def test_onnxruntime_matches_pytorch_on_photographs(tiny_export):
+    model, session, path = tiny_export
+    meta = pytorch2onnx.read_metadata(path)
+    assert meta['task'] == 'classification'
+    inputs = {p.stem: normalised(p, meta) for p in PHOTOS}
+    assert {tuple(x.shape[2:]) for x in inputs.values()} == {(512, 512), (300, 451),
+                                                            (400, 600)}
+    inputs['batch of 3 at 224 x 224'] = torch.cat(
+        [normalised(p, meta, (224, 224)) for p in PHOTOS])
+    errors = {}
+    for name, x in inputs.items():
+        # the photographs, not noise: the inputs span the normalised range
+        assert x.std() > 0.3 and x.amin() < -1 and x.amax() > 1, name
+        errors[name] = max(pytorch2onnx.relative_errors(model, 'classification', session, x).values())
+    print('max |onnxruntime - pytorch| / max |pytorch|:',
+          ', '.join(f'{k} {v:.1e}' for k, v in errors.items()))
+    assert max(errors.values()) <= 1e-4, errors
+    # the logits differ from photograph to photograph (a real forward, not a constant)
+    with torch.no_grad():
+        logits = model(inputs['batch of 3 at 224 x 224'], mode='tensor')
+    assert logits.shape == (3, 1000) and (logits[0] - logits[1]).abs().max() > 1e-3
