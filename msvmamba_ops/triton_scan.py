@@ -35,6 +35,9 @@ Kernel design
        dA += sum_t g (h_t - b_t) dt,   dB = sum_d g dt u,   dC = sum_d dy h,
      where h_t - b_t = a_t h_{t-1}; ddelta = ddt * sigmoid(v) (1 above torch's threshold 20)
      under softplus.
+  The loop body is done with the forward states (dC, a_t h_{t-1}) before the adjoint scan,
+  so that fewer tiles are live at once; with the 32-bit in-block offsets (_program_setup)
+  this keeps ptxas from spilling registers on sm_80 to sm_120 (tests/ops/test_triton_compile.py).
   dB / dC partial sums (one per channel block) go to a (Bt, G, nblk, N, L) buffer that is
   summed over ``nblk`` in torch (written straight into the result when nblk == 1); dA, dD and
   ddelta_bias are per-(batch, channel) partial sums reduced over the batch in torch. No
@@ -43,7 +46,8 @@ Kernel design
   halved until there are >= 4 programs per SM (each program is a serial walk over L, so
   MSVMamba's detection case, Bt * D = 2 * 192 and L ~ 67k, runs BLOCK_D = 1); BLOCK_L fills
   a 2048-element (forward) / 1024-element (backward) tile. These were sized from ptxas
-  register reports for sm_90 (no spills), not from timings on a GPU.
+  register reports (no spills on sm_80 to sm_120, tests/ops/test_triton_compile.py), not from
+  timings: the kernels are built/compiled, not yet run on a GPU.
 * NaN/Inf propagate like in the reference (no clamps/min/max on data; padding is masked
   with ``tl.where`` so 0 * Inf never leaks into sums); loop trip counts depend only on shapes.
 """
@@ -61,8 +65,9 @@ except ImportError:  # pragma: no cover - exercised only where triton is missing
     triton = None
     tl = None
 
-# Elements of one (BLOCK_D, BLOCK_N, BLOCK_L) register tile. Sized from ptxas reports for
-# sm_90 with triton 3.8 (no spills; forward ~110, backward ~130 registers/thread for N <= 4).
+# Elements of one (BLOCK_D, BLOCK_N, BLOCK_L) register tile. Sized from ptxas reports with
+# triton 3.8 (no spills on sm_80 to sm_120; on sm_90 at most 128 registers/thread forward and
+# 145 backward at MSVMamba's N = 1).
 _FWD_TILE = 2048
 _BWD_TILE = 1024
 _MIN_BLOCK_L = 16
@@ -110,52 +115,59 @@ if triton is not None:
     def _program_setup(A_ptr, D_ptr, bias_ptr, Dm, Dg, N, L, nblk, n_chunks,
                        HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
                        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
-        """Indices, masks and per-channel parameters shared by the forward and backward."""
+        """Indices, masks, offsets and per-channel parameters shared by the forward and
+        backward. An offset is a scalar int64 base of the program (Bt * D * L may exceed 2**31
+        at detection scale) plus an int32 offset inside its block (_config checks that they
+        fit): per-element address arithmetic in 32 bits needs half the registers, part of
+        what keeps ptxas from spilling in the backward (tests/ops/test_triton_compile.py)."""
         pid = tl.program_id(0)
         b = tl.program_id(1)
         g = pid // nblk
         blk = pid % nblk
-        dl = blk * BLOCK_D + tl.arange(0, BLOCK_D)
-        dmask = dl < Dg
-        d = g * Dg + dl
+        d0 = g * Dg + blk * BLOCK_D                            # first channel of the block
+        dl = tl.arange(0, BLOCK_D)
+        dmask = blk * BLOCK_D + dl < Dg
         offs_n = tl.arange(0, BLOCK_N)
         nmask = offs_n < N
         dn_mask = dmask[:, None] & nmask[None, :]
-        A = tl.load(A_ptr + d[:, None] * N + offs_n[None, :], mask=dn_mask,
-                    other=0.0).to(tl.float32)
+        dn = dl[:, None] * N + offs_n[None, :]                 # into a block's (D, N) rows
+        A = tl.load(A_ptr + d0 * N + dn, mask=dn_mask, other=0.0).to(tl.float32)
         if HAS_D:
-            Dv = tl.load(D_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+            Dv = tl.load(D_ptr + d0 + dl, mask=dmask, other=0.0).to(tl.float32)
         else:
             Dv = tl.zeros([BLOCK_D], dtype=tl.float32)
         if HAS_BIAS:
-            bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+            bias = tl.load(bias_ptr + d0 + dl, mask=dmask, other=0.0).to(tl.float32)
         else:
             bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-        # int64 row offsets: Bt * D * L may exceed 2**31 at detection scale.
-        bd = (b * Dm + d).to(tl.int64)                         # (BLOCK_D,) rows of (Bt, D)
-        row = bd * L                                           # into (Bt, D, L)
-        bc_row = ((b * (Dm // Dg) + g) * N + offs_n).to(tl.int64) * L   # into (Bt, G, N, L)
-        # Chunk-state workspace (Bt, D, n_chunks, N): element [b, d, k, n] = st_row + k * N.
-        st_row = (bd * n_chunks)[:, None] * N + offs_n[None, :]
+        bd0 = (b * Dm + d0).to(tl.int64)                       # first row of (Bt, D)
+        row0 = bd0 * L                                         # into (Bt, D, L)
+        bc0 = ((b * (Dm // Dg) + g) * N).to(tl.int64) * L      # into (Bt, G, N, L)
+        # Chunk-state workspace (Bt, D, n_chunks, N): [b, d0 + i, k, n] = st0 + st + k * N.
+        st0 = bd0 * n_chunks * N
+        st = (dl * n_chunks)[:, None] * N + offs_n[None, :]
         offs_l = tl.arange(0, BLOCK_L)
         first = (offs_l == 0)[None, None, :]
         last = (offs_l == BLOCK_L - 1)[None, None, :]
-        return (b, dmask, offs_n, nmask, dn_mask, A, Dv, bias, bd, row, bc_row, st_row, offs_l,
-                first, last)
+        return (dmask, offs_n, nmask, dn_mask, dn, A, Dv, bias, bd0, row0, bc0, st0, st,
+                offs_l, first, last)
 
     @triton.jit
-    def _load_chunk(k, u_ptr, delta_ptr, B_ptr, offs_l, row, bc_row, dmask, nmask, bias, L,
-                    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_L: tl.constexpr):
-        """Time indices, masks and the fp32 u, delta, dt and B tiles of chunk k."""
+    def _load_chunk(k, u_ptr, delta_ptr, B_ptr, offs_l, dmask, nmask, bias, L,
+                    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
+        """Time indices, masks, int32 in-block offsets into (D, L) and (N, L) rows, and the
+        fp32 u, delta, dt and B tiles of chunk k (pointers already at the program's base)."""
         t = k * BLOCK_L + offs_l
         lmask = t < L
         m_dl = dmask[:, None] & lmask[None, :]
         m_nl = nmask[:, None] & lmask[None, :]
-        offs = row[:, None] + t[None, :]
+        offs = (tl.arange(0, BLOCK_D) * L)[:, None] + t[None, :]
+        offs_nl = (tl.arange(0, BLOCK_N) * L)[:, None] + t[None, :]
         u = tl.load(u_ptr + offs, mask=m_dl, other=0.0).to(tl.float32)
         v, dt = _load_dt(delta_ptr, offs, m_dl, bias, HAS_BIAS, SOFTPLUS)
-        Bv = tl.load(B_ptr + bc_row[:, None] + t[None, :], mask=m_nl, other=0.0).to(tl.float32)
-        return t, lmask, m_dl, m_nl, offs, u, v, dt, Bv
+        Bv = tl.load(B_ptr + offs_nl, mask=m_nl, other=0.0).to(tl.float32)
+        return t, lmask, m_dl, m_nl, offs, offs_nl, u, v, dt, Bv
 
     @triton.jit
     def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, out_ptr, states_ptr,
@@ -163,28 +175,27 @@ if triton is not None:
                     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                     STORE_OUT: tl.constexpr, STORE_STATES: tl.constexpr,
                     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
-        (b, dmask, offs_n, nmask, dn_mask, A, Dv, bias, bd, row, bc_row, st_row, offs_l, first,
+        (dmask, offs_n, nmask, dn_mask, dn, A, Dv, bias, bd0, row0, bc0, st0, st, offs_l, first,
          last) = _program_setup(A_ptr, D_ptr, bias_ptr, Dm, Dg, N, L, nblk, n_chunks,
-                                       HAS_D, HAS_BIAS, BLOCK_D, BLOCK_N, BLOCK_L)
+                                HAS_D, HAS_BIAS, BLOCK_D, BLOCK_N, BLOCK_L)
         h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
         for k in range(n_iter):
-            t, lmask, m_dl, m_nl, offs, u, _, dt, Bv = _load_chunk(
-                k, u_ptr, delta_ptr, B_ptr, offs_l, row, bc_row, dmask, nmask, bias, L,
-                HAS_BIAS, SOFTPLUS, BLOCK_L)
+            t, lmask, m_dl, m_nl, offs, offs_nl, u, _, dt, Bv = _load_chunk(
+                k, u_ptr + row0, delta_ptr + row0, B_ptr + bc0, offs_l, dmask, nmask, bias, L,
+                HAS_BIAS, SOFTPLUS, BLOCK_D, BLOCK_N, BLOCK_L)
             a = tl.exp(dt[:, None, :] * A[:, :, None])                 # (BD, BN, BL)
             x = (dt * u)[:, None, :] * Bv[None, :, :]
             x += tl.where(first, a * h[:, :, None], 0.0)
             _, hs = tl.associative_scan((a, x), 2, _combine)
             if STORE_OUT:
-                Cv = tl.load(C_ptr + bc_row[:, None] + t[None, :], mask=m_nl,
-                             other=0.0).to(tl.float32)
+                Cv = tl.load(C_ptr + bc0 + offs_nl, mask=m_nl, other=0.0).to(tl.float32)
                 y = tl.sum(tl.where(nmask[None, :, None], hs * Cv[None, :, :], 0.0), axis=1)
                 if HAS_D:
                     y += Dv[:, None] * u
-                tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=m_dl)
+                tl.store(out_ptr + row0 + offs, y.to(out_ptr.dtype.element_ty), mask=m_dl)
             h = tl.sum(tl.where(last, hs, 0.0), axis=2)
             if STORE_STATES:
-                tl.store(states_ptr + st_row + k * N, h, mask=dn_mask)
+                tl.store(states_ptr + st0 + st + k * N, h, mask=dn_mask)
 
     @triton.jit
     def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dout_ptr, states_ptr,
@@ -192,46 +203,53 @@ if triton is not None:
                     Dm, Dg, N, L, nblk, n_chunks,
                     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
-        (b, dmask, offs_n, nmask, dn_mask, A, Dv, bias, bd, row, bc_row, st_row, offs_l, first,
+        (dmask, offs_n, nmask, dn_mask, dn, A, Dv, bias, bd0, row0, bc0, st0, st, offs_l, first,
          last) = _program_setup(A_ptr, D_ptr, bias_ptr, Dm, Dg, N, L, nblk, n_chunks,
-                                       HAS_D, HAS_BIAS, BLOCK_D, BLOCK_N, BLOCK_L)
+                                HAS_D, HAS_BIAS, BLOCK_D, BLOCK_N, BLOCK_L)
         # Partial dB / dC of this channel block: (Bt, G, nblk, N, L), block index g*nblk+blk.
-        part_row = ((b * (Dm // Dg) * nblk + tl.program_id(0)) * N + offs_n).to(tl.int64) * L
+        part0 = ((tl.program_id(1) * (Dm // Dg) * nblk + tl.program_id(0)) * N).to(tl.int64) * L
         g_carry = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
         dA_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
         dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
         dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
         for kk in range(n_chunks):
             k = n_chunks - 1 - kk
-            t, lmask, m_dl, m_nl, offs, u, v, dt, Bv = _load_chunk(
-                k, u_ptr, delta_ptr, B_ptr, offs_l, row, bc_row, dmask, nmask, bias, L,
-                HAS_BIAS, SOFTPLUS, BLOCK_L)
+            t, lmask, m_dl, m_nl, offs, offs_nl, u, v, dt, Bv = _load_chunk(
+                k, u_ptr + row0, delta_ptr + row0, B_ptr + bc0, offs_l, dmask, nmask, bias, L,
+                HAS_BIAS, SOFTPLUS, BLOCK_D, BLOCK_N, BLOCK_L)
             valid = dn_mask[:, :, None] & lmask[None, None, :]
-            dy = tl.load(dout_ptr + offs, mask=m_dl, other=0.0).to(tl.float32)
-            # a_{t+1}, zero past the end of the sequence.
-            m_next = dmask[:, None] & (t + 1 < L)[None, :]
-            _, dt_next = _load_dt(delta_ptr, offs + 1, m_next, bias, HAS_BIAS, SOFTPLUS)
-            a_next = tl.where(m_next[:, None, :], tl.exp(dt_next[:, None, :] * A[:, :, None]), 0.0)
-            Cv = tl.load(C_ptr + bc_row[:, None] + t[None, :], mask=m_nl,
-                         other=0.0).to(tl.float32)
-            # Forward states of this chunk from its start state (h_{-1} = 0 for chunk 0).
-            h0 = tl.load(states_ptr + st_row + (k - 1) * N, mask=dn_mask & (k > 0), other=0.0)
+            dy = tl.load(dout_ptr + row0 + offs, mask=m_dl, other=0.0).to(tl.float32)
+            if HAS_D:
+                dD_acc += tl.sum(tl.where(m_dl, dy * u, 0.0), axis=1)
+            # Forward states of this chunk from its start state (h_{-1} = 0 for chunk 0). What
+            # the adjoint pass needs of them (dC, a_t h_{t-1}) is taken here, so that h and x
+            # are dead before it: fewer live tiles, no spill (tests/ops/test_triton_compile.py).
+            h0 = tl.load(states_ptr + st0 + st + (k - 1) * N, mask=dn_mask & (k > 0), other=0.0)
             a = tl.exp(dt[:, None, :] * A[:, :, None])
-            x = (dt * u)[:, None, :] * Bv[None, :, :]
+            dtu = tl.where(m_dl, dt * u, 0.0)
+            x = dtu[:, None, :] * Bv[None, :, :]
             _, hs = tl.associative_scan((a, x + tl.where(first, a * h0[:, :, None], 0.0)), 2,
                                         _combine)
-            # Adjoint states g_t, reverse in time.
+            dCv = tl.sum(tl.where(valid, hs, 0.0) * dy[:, None, :], axis=0)   # (BN, BL)
+            tl.store(dCp_ptr + part0 + offs_nl, dCv.to(dCp_ptr.dtype.element_ty), mask=m_nl)
+            ah = tl.where(valid, hs - x, 0.0)                    # a_t h_{t-1}
+            # Adjoint states g_t, reverse in time; a_{t+1} is zero past the end of the sequence.
+            m_next = dmask[:, None] & (t + 1 < L)[None, :]
+            _, dt_next = _load_dt(delta_ptr + row0, offs + 1, m_next, bias, HAS_BIAS, SOFTPLUS)
+            a_next = tl.where(m_next[:, None, :], tl.exp(dt_next[:, None, :] * A[:, :, None]), 0.0)
+            Cv = tl.load(C_ptr + bc0 + offs_nl, mask=m_nl, other=0.0).to(tl.float32)
             beta = dy[:, None, :] * Cv[None, :, :]
             beta += tl.where(last, a_next * g_carry[:, :, None], 0.0)
             _, gs = tl.associative_scan((a_next, beta), 2, _combine, reverse=True)
             gs = tl.where(valid, gs, 0.0)
             g_carry = tl.sum(tl.where(first, gs, 0.0), axis=2)
-            ah = tl.where(valid, hs - x, 0.0)                    # a_t h_{t-1}
+            dBv = tl.sum(gs * dtu[:, None, :], axis=0)           # (BN, BL)
+            tl.store(dBp_ptr + part0 + offs_nl, dBv.to(dBp_ptr.dtype.element_ty), mask=m_nl)
             gB = tl.sum(gs * Bv[None, :, :], axis=1)             # (BD, BL)
             du = dt * gB
             if HAS_D:
                 du += Dv[:, None] * dy
-                dD_acc += tl.sum(tl.where(m_dl, dy * u, 0.0), axis=1)
+            tl.store(du_ptr + row0 + offs, du.to(du_ptr.dtype.element_ty), mask=m_dl)
             gah = gs * ah
             ddt = u * gB + tl.sum(gah * A[:, :, None], axis=1)
             dA_acc += tl.sum(gah * dt[:, None, :], axis=2)
@@ -239,18 +257,13 @@ if triton is not None:
                 ddt = ddt * tl.where(v > 20.0, 1.0, 1.0 / (1.0 + tl.exp(-v)))
             if HAS_BIAS:
                 dbias_acc += tl.sum(tl.where(m_dl, ddt, 0.0), axis=1)
-            tl.store(du_ptr + offs, du.to(du_ptr.dtype.element_ty), mask=m_dl)
-            tl.store(ddelta_ptr + offs, ddt.to(ddelta_ptr.dtype.element_ty), mask=m_dl)
-            dBv = tl.sum(gs * tl.where(m_dl, dt * u, 0.0)[:, None, :], axis=0)   # (BN, BL)
-            dCv = tl.sum(tl.where(valid, hs, 0.0) * dy[:, None, :], axis=0)
-            part = part_row[:, None] + t[None, :]
-            tl.store(dBp_ptr + part, dBv.to(dBp_ptr.dtype.element_ty), mask=m_nl)
-            tl.store(dCp_ptr + part, dCv.to(dCp_ptr.dtype.element_ty), mask=m_nl)
-        tl.store(dAp_ptr + bd[:, None] * N + offs_n[None, :], dA_acc, mask=dn_mask)
+            tl.store(ddelta_ptr + row0 + offs, ddt.to(ddelta_ptr.dtype.element_ty), mask=m_dl)
+        tl.store(dAp_ptr + bd0 * N + dn, dA_acc, mask=dn_mask)
+        dl = tl.arange(0, BLOCK_D)
         if HAS_D:
-            tl.store(dDp_ptr + bd, dD_acc, mask=dmask)
+            tl.store(dDp_ptr + bd0 + dl, dD_acc, mask=dmask)
         if HAS_BIAS:
-            tl.store(dbiasp_ptr + bd, dbias_acc, mask=dmask)
+            tl.store(dbiasp_ptr + bd0 + dl, dbias_acc, mask=dmask)
 
 
 def _next_pow2(x: int) -> int:
@@ -285,6 +298,15 @@ def _config(batch: int, groups: int, dg: int, nstate: int, length: int, device: 
         elems = tile if block_d <= 2 else tile // 2
         block_l = min(max(_next_pow2(length), _MIN_BLOCK_L),
                       max(_MIN_BLOCK_L, elems // (bn * block_d)))
+    # Offsets inside a program's block are int32 (_program_setup): its (D, L) and (N, L) rows,
+    # one chunk past the end, and its chunk states must span fewer than 2**31 elements.
+    span = max(max(block_d, bn) * (length + block_l),
+               block_d * bn * triton.cdiv(length, block_l))
+    if span >= 2 ** 31:
+        raise ValueError(
+            f'sequence length {length} is too long for the triton selective scan (its blocks '
+            f'of {block_d} channels x {bn} states span {span} elements, int32 offsets allow '
+            f'{2 ** 31 - 1}); use another backend or split the sequence')
     return block_d, bn, block_l, 4 if bn <= 4 else 8
 
 
