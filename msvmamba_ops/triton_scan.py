@@ -149,8 +149,8 @@ if triton is not None:
         offs_l = tl.arange(0, BLOCK_L)
         first = (offs_l == 0)[None, None, :]
         last = (offs_l == BLOCK_L - 1)[None, None, :]
-        return (dmask, offs_n, nmask, dn_mask, dn, A, Dv, bias, bd0, row0, bc0, st0, st,
-                offs_l, first, last)
+        return (dmask, nmask, dn_mask, dn, A, Dv, bias, bd0, row0, bc0, st0, st, offs_l, first,
+                last)
 
     @triton.jit
     def _load_chunk(k, u_ptr, delta_ptr, B_ptr, offs_l, dmask, nmask, bias, L,
@@ -175,7 +175,7 @@ if triton is not None:
                     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                     STORE_OUT: tl.constexpr, STORE_STATES: tl.constexpr,
                     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
-        (dmask, offs_n, nmask, dn_mask, dn, A, Dv, bias, bd0, row0, bc0, st0, st, offs_l, first,
+        (dmask, nmask, dn_mask, dn, A, Dv, bias, bd0, row0, bc0, st0, st, offs_l, first,
          last) = _program_setup(A_ptr, D_ptr, bias_ptr, Dm, Dg, N, L, nblk, n_chunks,
                                 HAS_D, HAS_BIAS, BLOCK_D, BLOCK_N, BLOCK_L)
         h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
@@ -203,7 +203,7 @@ if triton is not None:
                     Dm, Dg, N, L, nblk, n_chunks,
                     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
-        (dmask, offs_n, nmask, dn_mask, dn, A, Dv, bias, bd0, row0, bc0, st0, st, offs_l, first,
+        (dmask, nmask, dn_mask, dn, A, Dv, bias, bd0, row0, bc0, st0, st, offs_l, first,
          last) = _program_setup(A_ptr, D_ptr, bias_ptr, Dm, Dg, N, L, nblk, n_chunks,
                                 HAS_D, HAS_BIAS, BLOCK_D, BLOCK_N, BLOCK_L)
         # Partial dB / dC of this channel block: (Bt, G, nblk, N, L), block index g*nblk+blk.
