@@ -172,7 +172,7 @@ def test_no_valid_checkpoint_is_an_error_naming_every_file(tmp_path):
     assert checkpoints.choose_resume_checkpoint(str(tmp_path), 'iter_{}.pth') == \
         str(tmp_path / 'iter_2.pth')
     (tmp_path / 'iter_2.pth').write_bytes(b'')
-    with pytest.raises(checkpoints.CheckpointError) as info:
+    with pytest.raises(checkpoints.UnusableCheckpointError) as info:
         checkpoints.choose_resume_checkpoint(str(tmp_path), 'iter_{}.pth')
     message = str(info.value)
     assert f'{tmp_path / "iter_4.pth"}' in message and 'not a complete zip archive' in message
