@@ -15,7 +15,11 @@ s_{c+j}`` (``P_0 = 0``)::
 so a chunk costs two cumsums, two exps and a few products: work linear in L. The states
 entering the chunks, ``h_{c-1}``, obey the same recurrence one level up (decay = the
 chunk's summed log decay, input = the chunk's end state with zero carry-in), solved by the
-same function on an L / CHUNK long sequence, and so on until one chunk is left.
+same function on an L / CHUNK long sequence, and so on until one chunk is left. Levels
+come in pairs (``GROUP``): the sequence is padded to a multiple of ``CHUNK ** 2`` and cut
+into (blocks, CHUNK, CHUNK), whose two chunk axes are scanned in turn (steps within a
+chunk, then chunks within a block) before the blocks go one call up; the states then come
+back down the same axes. One padding and one set of reshapes serve two levels.
 
 Numerics (float32; float64 alike with its own bounds):
 
@@ -41,8 +45,12 @@ states are recomputed in the backward.
 Exported graphs cannot branch on the (symbolic) length, so under export / compilation the
 padding is always applied and the number of levels is fixed to ``EXPORT_LEVELS``, which
 covers sequences up to ``CHUNK ** EXPORT_LEVELS`` = 1,048,576 steps (a 4096 x 4096 image
-at stride 4); the extra levels run on single-chunk tensors and cost little.
+at stride 4); the extra levels run on single-block tensors and cost little. Recorded
+graphs also run time-major, (Bt, L, channels) instead of (Bt, channels, L): the chunk
+axes are then middle axes with the channels contiguous inside, which an op-by-op runtime
+(ONNX Runtime) cumsums, slices and pads several times faster than short innermost axes.
 """
+import math
 from typing import Optional
 
 import torch
@@ -50,6 +58,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 CHUNK = 4
+GROUP = 2  # chunk levels per padding step
 EXPORT_LEVELS = 10
 # ln(1 / decay) beyond which a decay is below the dtype's resolution: 2^-24 (float32)
 # and 2^-53 (float64) are e^-16.6 and e^-36.7.
@@ -57,7 +66,7 @@ LOG_DECAY_FLOOR = {torch.float32: -18.0, torch.float64: -40.0}
 SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus's default
 
 
-def _symbolic() -> bool:
+def recording_graph() -> bool:
     """True while a tracer records the ops (export, torch.compile, jit tracing): shapes
     may be symbolic, so no Python branch may depend on them."""
     return (torch.compiler.is_compiling() or torch.compiler.is_exporting()
@@ -66,82 +75,127 @@ def _symbolic() -> bool:
 
 def softplus(v: Tensor) -> Tensor:
     """torch's softplus (``log1p(exp(v))``, ``v`` itself above 20) in ops every exporter
-    knows; the exp never overflows, so its gradient is finite everywhere."""
-    small = torch.log1p(torch.exp(torch.clamp(v, max=SOFTPLUS_THRESHOLD)))
-    return torch.where(v > SOFTPLUS_THRESHOLD, v, small)
+    knows; the exp never overflows, so its gradient is finite everywhere. The maximum is
+    torch's threshold branch in one op: above 20 it returns ``v`` (``log1p(exp(20))``
+    rounds to 20), below it ``log1p(exp(v)) > v``. (ONNX's own Softplus op took longer
+    than all of these together in ONNX Runtime 1.32 on CPU.)"""
+    return torch.maximum(v, torch.log1p(torch.exp(torch.clamp(v, max=SOFTPLUS_THRESHOLD))))
 
 
-def linear_recurrence(s: Tensor, x: Tensor, levels: Optional[int] = None) -> Tensor:
-    """``h_t = exp(s_t) h_{t-1} + x_t`` along the last dim with ``h_{-1} = 0``.
+def linear_recurrence(s: Tensor, x: Tensor, levels: Optional[int] = None,
+                      dim: int = -1) -> Tensor:
+    """``h_t = exp(s_t) h_{t-1} + x_t`` along dim ``dim`` with ``h_{-1} = 0``.
 
     ``s`` (log decays, already floored, see the module docstring) and ``x`` have the same
-    shape. ``levels``: chunk levels left to use (None: as many as the length needs, which
-    requires a concrete length).
+    shape. ``levels``: the chunk levels to use, for sequences up to ``CHUNK ** levels``
+    long (None: as many as the length needs, which requires a concrete length).
     """
-    length = x.shape[-1]
-    floor = LOG_DECAY_FLOOR[x.dtype]
-    chunks = (length + CHUNK - 1) // CHUNK
-    padded = chunks * CHUNK
-    if levels is not None or padded != length:  # under export always pad (maybe by 0)
-        s, x = F.pad(s, (0, padded - length)), F.pad(x, (0, padded - length))
-    s = s.reshape(s.shape[:-1] + (chunks, CHUNK))
-    x = x.reshape(x.shape[:-1] + (chunks, CHUNK))
-    first = s[..., 0]                                     # log decay of each chunk's 1st step
-    # P_j: log decay from the chunk's first step to step j (the first step's own excluded)
-    keep = (torch.arange(CHUNK, device=s.device) > 0).to(s.dtype)
-    P = torch.cumsum(s * keep, dim=-1)
-    grow = torch.exp(P)                                   # in [e^-54, 1] for decays
-    Q = torch.cumsum(x * torch.exp(-P), dim=-1)           # zero carry-in, rescaled
-    more = levels > 0 if levels is not None else chunks > 1
-    if more:
-        # one level up: chunk c's decay and its end state with zero carry-in
-        chunk_decay = torch.clamp(first + P[..., -1], min=floor)
-        ends = linear_recurrence(chunk_decay, grow[..., -1] * Q[..., -1],
-                                 None if levels is None else levels - 1)
-        entering = F.pad(ends[..., :-1], (1, 0))          # state before each chunk
-        Q = Q + (torch.exp(first) * entering).unsqueeze(-1)
-    h = (grow * Q).reshape(x.shape[:-2] + (padded, ))
-    return h if levels is None and padded == length else h.narrow(-1, 0, length)
+    shape = x.shape
+    dim = dim % len(shape)
+    # (rows, L, columns): every level reuses these two sizes, so that a recorded graph
+    # computes them once (reshape, not unflatten / flatten: those record the example's)
+    rows, columns = math.prod(shape[:dim]), math.prod(shape[dim + 1:])
+    h = _recurrence(s.reshape(rows, -1, columns), x.reshape(rows, -1, columns), levels,
+                    rows, columns)
+    return h.reshape(shape)
 
 
-def _discretize(u, delta, A, B, C, delta_bias, delta_softplus):
+def _recurrence(s: Tensor, x: Tensor, levels: Optional[int], rows, columns) -> Tensor:
+    """:func:`linear_recurrence` along dim 1 of (rows, L, columns) tensors."""
+    length = x.shape[1]
+    if levels is None:
+        depth = 1 if length <= CHUNK else GROUP
+        last = length <= CHUNK**depth
+    else:
+        depth, last = min(GROUP, levels), levels <= GROUP
+    pad = -length % CHUNK**depth
+    if levels is not None or pad:  # under export always pad (maybe by 0)
+        s, x = F.pad(s, (0, 0, 0, pad)), F.pad(x, (0, 0, 0, pad))
+    # time -> (blocks, CHUNK, ..., CHUNK): ``depth`` chunk axes, the last one consecutive
+    # steps; each chunk axis is scanned in turn, from the last one out.
+    blocks = (rows, -1) + (CHUNK, ) * depth + (columns, )
+    s, x = s.reshape(blocks), x.reshape(blocks)
+    sweep = []
+    for axis in range(1 + depth, 1, -1):
+        P = torch.cumsum(s, axis)                         # log decay from the chunk start
+        first = P.select(axis, 0).unsqueeze(axis)         # the first step's own decay
+        grow = torch.exp(P - first)                       # in [e^-54, 1]
+        Q = torch.cumsum(x / grow, axis)                  # zero carry-in, rescaled
+        sweep.append((axis, first, grow, Q))
+        # one level up: each chunk's decay and its end state with zero carry-in
+        s = torch.clamp(P.select(axis, CHUNK - 1), min=LOG_DECAY_FLOOR[x.dtype])
+        x = grow.select(axis, CHUNK - 1) * Q.select(axis, CHUNK - 1)
+    entering = None                                       # the state before each chunk
+    if not last:
+        ends = _recurrence(s, x, None if levels is None else levels - depth, rows, columns)
+        entering = F.pad(ends.narrow(1, 0, ends.shape[1] - 1), (0, 0, 1, 0))
+    for axis, first, grow, Q in reversed(sweep):
+        if entering is not None:
+            Q = Q + torch.exp(first) * entering.unsqueeze(axis)
+        h = grow * Q                                      # the states at this level
+        if axis < 1 + depth:  # the state before each chunk of the next axis in
+            before = h.narrow(axis, 0, CHUNK - 1)
+            entering = (F.pad(before, (0, 0) * (h.dim() - 1 - axis) + (1, 0))
+                        if entering is None else torch.cat([entering.unsqueeze(axis), before],
+                                                           axis))
+    h = h.reshape(rows, -1, columns)
+    return h if levels is None and not pad else h.narrow(1, 0, length)
+
+
+def _discretize(u, delta, A, B, C, delta_bias, delta_softplus, time_major=False):
     """Accumulation-dtype tensors in the (Bt, G, D/G, N, L) layout, where the channels of a
     group share their B, C rows by broadcasting: v = delta + bias and dt ((Bt, D, L)),
     dt, u ((Bt, G, D/G, 1, L)), A (G, D/G, N, 1), B, C ((Bt, G, 1, N, L)) and the
-    unfloored log decays dt A."""
+    unfloored log decays dt A. ``time_major``: the time axis first after the batch instead
+    of last ((Bt, L, D), (Bt, L, G, D/G, 1), (G, D/G, N), (Bt, L, G, 1, N), ...)."""
     acc = torch.float64 if u.dtype == torch.float64 else torch.float32
-    batch, dim, length = u.shape
     if B.dim() == 3:
         B, C = B.unsqueeze(1), C.unsqueeze(1)
     groups, nstate = B.shape[1], B.shape[2]
-    v = delta.to(acc)
-    if delta_bias is not None:
-        v = v + delta_bias.to(acc).unsqueeze(-1)
+    v, u = delta.to(acc), u.to(acc)
+    bias = None if delta_bias is None else delta_bias.to(acc)
+    if time_major:  # (shapes are read after the transposes, which a runtime may cancel)
+        v, u = v.transpose(1, 2), u.transpose(1, 2)
+        A5 = A.to(acc).reshape(groups, -1, nstate)
+        B5, C5 = (t.to(acc).permute(0, 3, 1, 2).unsqueeze(3) for t in (B, C))
+    else:
+        A5 = A.to(acc).reshape(groups, -1, nstate, 1)
+        B5, C5 = B.to(acc).unsqueeze(2), C.to(acc).unsqueeze(2)
+        bias = None if bias is None else bias.unsqueeze(-1)
+    if bias is not None:
+        v = v + bias
     dt = softplus(v) if delta_softplus else v
-    per_group = (batch, groups, dim // groups, 1, length)
-    dt5, u5 = dt.reshape(per_group), u.to(acc).reshape(per_group)
-    A5 = A.to(acc).reshape(groups, dim // groups, nstate, 1)
-    B5, C5 = B.to(acc).unsqueeze(2), C.to(acc).unsqueeze(2)
+    channels = 2 if time_major else 1
+    per_group = v.shape[:channels] + (groups, -1) + v.shape[channels + 1:]
+    dt5, u5 = (t.reshape(per_group).unsqueeze(channels + 2) for t in (dt, u))
     return v, dt, dt5, u5, A5, B5, C5, dt5 * A5
 
 
 def _levels() -> Optional[int]:
-    return EXPORT_LEVELS if _symbolic() else None
+    return EXPORT_LEVELS if recording_graph() else None
 
 
-def _states(dt5, u5, B5, log_decay):
-    """The states h (Bt, G, D/G, N, L)."""
+def _states(dt5, u5, B5, log_decay, dim=-1):
+    """The states h (Bt, G, D/G, N, L), or (Bt, L, G, D/G, N) with ``dim`` 1."""
     s = torch.clamp(log_decay, min=LOG_DECAY_FLOOR[log_decay.dtype])
-    return linear_recurrence(s, (dt5 * u5) * B5, _levels()), s
+    return linear_recurrence(s, (dt5 * u5) * B5, _levels(), dim), s
 
 
 def _forward(u, delta, A, B, C, D, delta_bias, delta_softplus, out_float):
-    _, _, dt5, u5, _, B5, C5, log_decay = _discretize(u, delta, A, B, C, delta_bias,
-                                                     delta_softplus)
-    h, _ = _states(dt5, u5, B5, log_decay)
-    y = (h * C5).sum(3).reshape(u.shape)
+    # Recorded graphs run time-major (module docstring): the layout copies of u, delta in
+    # and y out cost less than that saves, and a runtime cancels those that undo the
+    # caller's own (the backbone's token-major sequences).
+    time_major = recording_graph()
+    _, _, dt5, u5, A5, B5, C5, log_decay = _discretize(u, delta, A, B, C, delta_bias,
+                                                      delta_softplus, time_major)
+    h, _ = _states(dt5, u5, B5, log_decay, 1 if time_major else -1)
+    y = h * C5
+    nstate = -1 if time_major else 3
+    if C5.shape[nstate] > 1:  # sum over the N states (N = 1: nothing to sum)
+        y = y.sum(nstate, keepdim=True)
     if D is not None:
-        y = y + D.to(y.dtype).unsqueeze(-1) * u.to(y.dtype)
+        y = y + D.to(y.dtype).reshape(A5.shape[:2] + (1, ) * (A5.dim() - 2)) * u5
+    y = y.reshape(u5.shape[:2] + (-1, )).transpose(1, 2) if time_major else y.reshape(u.shape)
     return y if out_float and u.dtype != torch.float64 else y.to(u.dtype)
 
 
@@ -220,5 +274,5 @@ def bwd(u, delta, A, B, C, D, delta_bias, dout, delta_softplus: bool):
         return _gradients(u, delta, A, B, C, D, delta_bias, dout, delta_softplus)
 
 
-__all__ = ['selective_scan_chunked', 'linear_recurrence', 'softplus', 'fwd', 'bwd', 'CHUNK',
-           'EXPORT_LEVELS', 'LOG_DECAY_FLOOR']
+__all__ = ['selective_scan_chunked', 'linear_recurrence', 'softplus', 'recording_graph', 'fwd',
+           'bwd', 'CHUNK', 'EXPORT_LEVELS', 'LOG_DECAY_FLOOR']

@@ -10,6 +10,8 @@ from typing import Tuple
 
 import torch
 
+from .chunked_scan import recording_graph
+
 # In the order MSVMamba assigns them: with ms_split = (1, 3) the first one runs on the
 # full-resolution map and the other three, concatenated into one sequence, on the
 # half-resolution map (docs/architecture.md §3.1).
@@ -18,17 +20,20 @@ DIRECTIONS = ('row', 'row_reversed', 'column', 'column_reversed')
 
 def _indices(h: int, w: int, directions: Tuple[str, ...],
              device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-    grid = torch.arange(h * w, device=device).view(h, w)
-    base = {'row': grid.flatten(), 'column': grid.t().flatten()}
-    parts = []
-    for d in directions:
-        order = base[d.replace('_reversed', '')]
-        parts.append(order.flip(0) if d.endswith('_reversed') else order)
-    order = torch.cat(parts)
-    # argsort of a permutation is its inverse: map position -> token, per direction.
-    inverse = torch.argsort(order.view(len(directions), h * w), dim=1)
-    inverse = inverse + torch.arange(len(directions), device=device)[:, None] * (h * w)
-    return order, inverse.t().flatten()
+    grid = torch.arange(h * w, device=device)
+    # Each direction's order (sequence position -> map position) and its inverse (map
+    # position -> sequence position), in closed form: the column order is the transpose of
+    # the row-major grid, and its inverse the transpose of the column-major one.
+    base = {'row': (grid, grid), 'column': (grid.view(h, w).t().flatten(),
+                                            grid.view(w, h).t().flatten())}
+    orders, inverses = [], []
+    for k, d in enumerate(directions):
+        order, inverse = base[d.replace('_reversed', '')]
+        if d.endswith('_reversed'):  # position p of the reversed sequence is L - 1 - p
+            order, inverse = order.flip(0), h * w - 1 - inverse
+        orders.append(order)
+        inverses.append(inverse + k * h * w)
+    return torch.cat(orders), torch.stack(inverses, 1).flatten()
 
 
 # A few entries: the four stages of the last couple of input sizes. Multi-scale training
@@ -53,6 +58,8 @@ def scan_indices(h: int, w: int, directions: Tuple[str, ...],
     for d in directions:
         if d not in DIRECTIONS:
             raise ValueError(f'unknown scan direction {d!r}; choose from {DIRECTIONS}')
-    if torch.compiler.is_compiling():  # traced into the graph: a few cheap index ops
+    # Recorded into the graph as a few cheap index ops (a cached tensor would be recorded
+    # as a constant of the sizes of the example input).
+    if recording_graph():
         return _indices(h, w, tuple(directions), device)
     return _cached_indices(h, w, tuple(directions), torch.device(device))

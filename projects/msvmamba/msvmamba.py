@@ -29,6 +29,7 @@ import torch.utils.checkpoint as cp
 
 from msvmamba_ops import cpu_fused, selective_scan
 from msvmamba_ops.cpu_fused import fast_path_eligible
+from msvmamba_ops.chunked_scan import recording_graph
 from msvmamba_ops.scan_order import DIRECTIONS, scan_indices
 
 from .checkpoint import load_pretrained
@@ -231,10 +232,20 @@ class PatchMerging2D(nn.Module):
 
 def _to_sequence(x: torch.Tensor, directions: Tuple[str, ...]) -> torch.Tensor:
     """(B, E, h, w) map in any memory layout -> contiguous (B, E, k*h*w) scan sequence,
-    the k directions concatenated. One pass: a copy or a gather."""
+    the k directions concatenated. One pass: a copy or a gather.
+
+    While a graph is recorded (export) the sequence is instead token-major, (B, k*h*w, E)
+    rows gathered from the channel-last map, returned as its (B, E, k*h*w) transposed
+    view: the recorded scan runs time-major and transposes it back, which runtimes cancel
+    (ONNX has no strided views: every layout change there is a copy)."""
+    batch, channels, h, w = x.shape
+    if recording_graph():
+        tokens = x.permute(0, 2, 3, 1).flatten(1, 2)
+        if directions != ('row', ):
+            tokens = tokens.index_select(1, scan_indices(h, w, directions, x.device)[0])
+        return tokens.transpose(1, 2)
     if directions == ('row', ):
         return x.contiguous().flatten(2)
-    batch, channels, h, w = x.shape
     order, _ = scan_indices(h, w, directions, x.device)
     # (B, E, h*w) as a view in either memory layout (flatten(2) would copy a channels_last
     # map first); the gather reads it strided and writes the sequence in one pass.

@@ -8,7 +8,7 @@ import torch
 
 from msvmamba_ops import reference as reference_backend
 from msvmamba_ops import selective_scan
-from msvmamba_ops.chunked_scan import CHUNK, linear_recurrence
+from msvmamba_ops.chunked_scan import CHUNK, linear_recurrence, softplus
 from msvmamba_ops.testing import (ARG_NAMES, assert_close, grads_of, make_dout, make_inputs,
                                   oracle, tolerance)
 
@@ -105,3 +105,31 @@ def test_export_records_plain_ops():
     other = make_inputs(2, 4, 100, seed=1)
     y = program.module()(*(other[k] for k in ARG_NAMES))
     assert_close(y, oracle(other, True)[0], TOL)
+
+
+def test_onnx_export_dynamic_sizes(tmp_path):
+    """The ONNX graph (TorchScript exporter, as tools/deployment/pytorch2onnx.py) is
+    recorded at one batch and length and must hold at others: no size of the example may
+    be recorded as a constant (chunk padding, the levels' reshapes, the time-major
+    layout)."""
+    ort = pytest.importorskip('onnxruntime')
+    dynamic = {'u': {0: 'b', 2: 'l'}, 'delta': {0: 'b', 2: 'l'}, 'B': {0: 'b', 3: 'l'},
+               'C': {0: 'b', 3: 'l'}}
+    path = str(tmp_path / 'scan.onnx')
+    example = make_inputs(1, 8, 50, groups=2)
+    with torch.no_grad():
+        torch.onnx.export(_Scan(), tuple(example[k] for k in ARG_NAMES), path, dynamo=False,
+                          opset_version=18, input_names=list(ARG_NAMES), dynamic_axes=dynamic)
+    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    for batch, length in [(3, 37), (2, CHUNK**3 + 1), (1, 1)]:
+        args = make_inputs(batch, 8, length, groups=2, seed=length)
+        y = session.run(None, {k: args[k].numpy() for k in ARG_NAMES})[0]
+        assert_close(torch.from_numpy(y), oracle(args, True)[0], TOL)
+
+
+def test_softplus_matches_torch():
+    """The exporter-friendly softplus against torch's, across its threshold (20) and where
+    exp(v) would overflow."""
+    v = torch.cat([torch.linspace(-30, 30, 2001), torch.tensor([19.999, 20.0, 20.001, 100.0,
+                                                                 1e30, -1e30])])
+    torch.testing.assert_close(softplus(v), torch.nn.functional.softplus(v), rtol=3e-7, atol=0)

@@ -3,7 +3,8 @@
 installed) against the PyTorch CPU paths, measured in one run.
 
     python tools/analysis_tools/benchmark_onnx.py [--arch tiny] [--batch-sizes 8 1] \\
-        [--shape 224 224] [--threads 2] [--iters 10] [--onnx FILE] [--profile]
+        [--shape 224 224] [--threads 2] [--iters 10] [--onnx FILE] [--compare FILE ...] \\
+        [--profile]
 
 The model is the ``--arch`` ImageNet classifier (backbone, average pooling, linear head;
 random weights: speed does not depend on them), exported with dynamic N, H, W by the
@@ -13,18 +14,22 @@ all float32 on ``--threads`` CPU threads:
 * ``pytorch fused``: eager PyTorch with the fused CPU ops (``msvmamba_ops.cpu_fused``);
 * ``pytorch unfused``: eager PyTorch, plain modules (``MSVMAMBA_FUSED_CPU=0``);
 * ``onnxruntime``: the ONNX file on ONNX Runtime's CPU execution provider;
-* ``openvino``: the same file on OpenVINO's CPU plugin (only if ``openvino`` imports).
+* ``openvino``: the same file on OpenVINO's CPU plugin (only if ``openvino`` imports);
+* ``onnxruntime (NAME)``: each ``--compare`` file (e.g. an export by an earlier version of
+  the code) on ONNX Runtime, for a before / after in one run.
 
 The methods run in turn, one forward each per round, so that all see the same machine
 load; the medians and their ratios are printed, after each method's relative error
 against the fused PyTorch path. ``--profile`` adds ONNX Runtime's
-per-operator profile (share of the run time by ONNX op type) at the first batch size.
+per-operator profile (share of the run time by ONNX op type, and by module and op) at the
+first batch size.
 """
 import argparse
 import collections
 import json
 import os
 import os.path as osp
+import re
 import statistics
 import sys
 import tempfile
@@ -54,6 +59,8 @@ def parse_args(argv=None):
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--onnx', help='use this exported file (default: export to a '
                         'temporary one)')
+    parser.add_argument('--compare', nargs='+', default=[], metavar='FILE',
+                        help='more exported files to time on ONNX Runtime in the same run')
     parser.add_argument('--profile', action='store_true',
                         help="print ONNX Runtime's time share per op type")
     return parser.parse_args(argv)
@@ -78,7 +85,8 @@ def openvino_runner(path: str, threads: int):
 
 
 def profile_ort(path: str, threads: int, x) -> None:
-    """ONNX Runtime's own profile: time share per op type over a few runs."""
+    """ONNX Runtime's own profile over a few runs: time share per op type, and per module
+    and op (node names with the block indices and the exporter's counters left out)."""
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
@@ -89,14 +97,17 @@ def profile_ort(path: str, threads: int, x) -> None:
         session.run(None, {'input': x})
     with open(session.end_profiling()) as f:
         events = json.load(f)
-    by_type = collections.Counter()
+    by_type, by_node = collections.Counter(), collections.Counter()
     for e in events:
         if e.get('cat') == 'Node' and e['name'].endswith('_kernel_time'):
             by_type[e['args'].get('op_name', '?')] += e['dur']
+            node = re.sub(r'_\d+$', '', e['name'][:-len('_kernel_time')])
+            by_node[re.sub(r'layers\.\d+/blocks\.\d+', 'layers.*/blocks.*', node)] += e['dur']
     total = sum(by_type.values())
-    print(f'onnxruntime profile (batch {x.shape[0]}, share of kernel time by op type):')
-    for op, dur in by_type.most_common(12):
-        print(f'  {op:<16} {dur / total * 100:5.1f}%')
+    for title, counts in (('op type', by_type), ('module and op', by_node)):
+        print(f'onnxruntime profile (batch {x.shape[0]}, share of kernel time by {title}):')
+        for name, dur in counts.most_common(12):
+            print(f'  {dur / total * 100:5.1f}%  {name}')
 
 
 def main(argv=None) -> int:
@@ -123,6 +134,11 @@ def main(argv=None) -> int:
                'onnxruntime': lambda x: session.run(None, {'input': x.numpy()})[0]}
     if vino is not None:
         methods['openvino'] = lambda x: vino(x.numpy())
+    for other in args.compare:
+        other_session = ort_session(other, args.threads)
+        methods[f'onnxruntime ({osp.basename(other)})'] = (
+            lambda x, other_session=other_session: other_session.run(
+                None, {'input': x.numpy()})[0])
     print(f'{args.arch} classifier, {tuple(args.shape)}, float32, {args.threads} threads '
           f'(torch and onnxruntime), torch {torch.__version__}, onnxruntime '
           f'{__import__("onnxruntime").__version__}'
