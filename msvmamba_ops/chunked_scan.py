@@ -66,11 +66,16 @@ LOG_DECAY_FLOOR = {torch.float32: -18.0, torch.float64: -40.0}
 SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus's default
 
 
+def exporting() -> bool:
+    """True while an exporter (``torch.export``, ONNX) records the ops: the selective scan is
+    then this chunked one, whatever backend was asked for."""
+    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+
+
 def recording_graph() -> bool:
     """True while a tracer records the ops (export, torch.compile, jit tracing): shapes
     may be symbolic, so no Python branch may depend on them."""
-    return (torch.compiler.is_compiling() or torch.compiler.is_exporting()
-            or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing())
+    return torch.compiler.is_compiling() or exporting() or torch.jit.is_tracing()
 
 
 def softplus(v: Tensor) -> Tensor:
@@ -274,5 +279,5 @@ def bwd(u, delta, A, B, C, D, delta_bias, dout, delta_softplus: bool):
         return _gradients(u, delta, A, B, C, D, delta_bias, dout, delta_softplus)
 
 
-__all__ = ['selective_scan_chunked', 'linear_recurrence', 'softplus', 'recording_graph', 'fwd',
-           'bwd', 'CHUNK', 'EXPORT_LEVELS', 'LOG_DECAY_FLOOR']
+__all__ = ['selective_scan_chunked', 'linear_recurrence', 'softplus', 'exporting',
+           'recording_graph', 'fwd', 'bwd', 'CHUNK', 'EXPORT_LEVELS', 'LOG_DECAY_FLOOR']

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import cpu_scan
+from .chunked_scan import exporting
 from .scan import ENV_BACKEND
 from .scan_order import scan_indices
 
@@ -69,7 +70,7 @@ def why_not_fast_path(module: torch.nn.Module, x: Tensor,
     # is_compiling is True under torch.compile and torch.export's dynamo tracing alike.
     if torch.compiler.is_compiling():
         return 'torch.compile or torch.export is tracing'
-    if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+    if exporting():
         return 'the model is being exported'
     if torch.jit.is_tracing() or torch.jit.is_scripting():
         return 'torch.jit is tracing or scripting'

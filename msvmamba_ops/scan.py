@@ -14,6 +14,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from .chunked_scan import exporting
+
 BACKENDS = ('reference', 'cpu', 'triton', 'cuda', 'chunked')
 ENV_BACKEND = 'MSVMAMBA_SCAN_BACKEND'
 SETUP_HINT = 'run `bash tools/setup.sh` (or `python -m msvmamba_ops.build`)'
@@ -337,7 +339,7 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
             u, delta, A, B, C, D, delta_bias = _normalize(u, delta, A, B, C, D, delta_bias)
     else:
         u, delta, A, B, C, D, delta_bias = _normalize(u, delta, A, B, C, D, delta_bias)
-    if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+    if exporting():
         # Exported graphs get standard ops only (ONNX, torch.export): the chunked scan.
         return _chunked_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, out_float)
     name = _resolve_constant(u.device.type, u.dtype == torch.float64, backend)

@@ -29,7 +29,7 @@ import torch.utils.checkpoint as cp
 
 from msvmamba_ops import cpu_fused, selective_scan
 from msvmamba_ops.cpu_fused import fast_path_eligible
-from msvmamba_ops.chunked_scan import recording_graph
+from msvmamba_ops.chunked_scan import exporting
 from msvmamba_ops.scan_order import DIRECTIONS, scan_indices
 
 from .checkpoint import load_pretrained
@@ -222,8 +222,7 @@ class PatchMerging2D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[1:3]
         # exported graphs pad always (by 0 or 1): the size is symbolic there
-        exporting = torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
-        if exporting or H % 2 or W % 2:
+        if exporting() or H % 2 or W % 2:
             x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2],
                        x[:, 1::2, 1::2]], dim=-1)
@@ -234,12 +233,12 @@ def _to_sequence(x: torch.Tensor, directions: Tuple[str, ...]) -> torch.Tensor:
     """(B, E, h, w) map in any memory layout -> contiguous (B, E, k*h*w) scan sequence,
     the k directions concatenated. One pass: a copy or a gather.
 
-    While a graph is recorded (export) the sequence is instead token-major, (B, k*h*w, E)
-    rows gathered from the channel-last map, returned as its (B, E, k*h*w) transposed
-    view: the recorded scan runs time-major and transposes it back, which runtimes cancel
-    (ONNX has no strided views: every layout change there is a copy)."""
+    While exporting, the sequence is instead token-major, (B, k*h*w, E) rows gathered from
+    the channel-last map, returned as its (B, E, k*h*w) transposed view: the exported
+    (chunked) scan runs time-major and transposes it back, which runtimes cancel (ONNX has
+    no strided views: every layout change there is a copy)."""
     batch, channels, h, w = x.shape
-    if recording_graph():
+    if exporting():
         tokens = x.permute(0, 2, 3, 1).flatten(1, 2)
         if directions != ('row', ):
             tokens = tokens.index_select(1, scan_indices(h, w, directions, x.device)[0])

@@ -84,6 +84,12 @@ def openvino_runner(path: str, threads: int):
     return lambda x: compiled(x)[0]
 
 
+def ort_runner(path: str, threads: int):
+    """A callable running the file on ONNX Runtime's CPU execution provider."""
+    session = ort_session(path, threads)
+    return lambda x: session.run(None, {'input': x.numpy()})[0]
+
+
 def profile_ort(path: str, threads: int, x) -> None:
     """ONNX Runtime's own profile over a few runs: time share per op type, and per module
     and op (node names with the block indices and the exporter's counters left out)."""
@@ -121,7 +127,6 @@ def main(argv=None) -> int:
         start = time.time()
         export_classifier(model, path, args.shape)
         print(f'exported {args.arch} classifier to {path} in {time.time() - start:.0f} s')
-    session = ort_session(path, args.threads)
     vino = openvino_runner(path, args.threads)
 
     def pytorch(fused: bool):
@@ -131,14 +136,11 @@ def main(argv=None) -> int:
         return run
 
     methods = {'pytorch fused': pytorch(True), 'pytorch unfused': pytorch(False),
-               'onnxruntime': lambda x: session.run(None, {'input': x.numpy()})[0]}
+               'onnxruntime': ort_runner(path, args.threads)}
     if vino is not None:
         methods['openvino'] = lambda x: vino(x.numpy())
     for other in args.compare:
-        other_session = ort_session(other, args.threads)
-        methods[f'onnxruntime ({osp.basename(other)})'] = (
-            lambda x, other_session=other_session: other_session.run(
-                None, {'input': x.numpy()})[0])
+        methods[f'onnxruntime ({osp.basename(other)})'] = ort_runner(other, args.threads)
     print(f'{args.arch} classifier, {tuple(args.shape)}, float32, {args.threads} threads '
           f'(torch and onnxruntime), torch {torch.__version__}, onnxruntime '
           f'{__import__("onnxruntime").__version__}'
