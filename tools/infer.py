@@ -119,11 +119,8 @@ def _check_weights_loaded(model, path: str) -> None:
     if '://' in path:
         return
     from projects.msvmamba.checkpoint import load_checkpoint_file
-    from projects.msvmamba_mm.checkpoints import loads_nothing_problem
-    problem = loads_nothing_problem(load_checkpoint_file(path), model.state_dict().keys())
-    if problem is not None:
-        raise UserError(f'{path} would load no weight into the {type(model).__name__}: '
-                        f'{problem}')
+    from projects.msvmamba_mm.checkpoints import check_loads_some_weight
+    check_loads_some_weight(load_checkpoint_file(path), model, path)
 
 
 def _infer_mmdet(cfg, args, images):

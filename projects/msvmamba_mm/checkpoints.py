@@ -260,7 +260,7 @@ def check_explicit_checkpoint(path: str, filename_tmpl: str, what: str = '--resu
     raise UnusableCheckpointError(f'{what} {path}: not a usable checkpoint: {problem}.{hint}')
 
 
-def loads_nothing_problem(checkpoint, model_keys) -> Optional[str]:
+def _loads_nothing_problem(checkpoint, model_keys) -> Optional[str]:
     """Why mmengine's non-strict load of ``checkpoint`` (as unpickled) would put no weight
     into a model with state-dict keys ``model_keys``, or None when some weight fits."""
     if not isinstance(checkpoint, dict):
@@ -279,6 +279,15 @@ def loads_nothing_problem(checkpoint, model_keys) -> Optional[str]:
     return (f'none of its {len(names)} weight names is one of the model\'s {len(own)} '
             f'(it has e.g. {sorted(names)[:3]}; the model has e.g. {sorted(own)[:3]}): '
             'a checkpoint of another model?')
+
+
+def check_loads_some_weight(checkpoint, model, path: str) -> None:
+    """Raise :class:`UnusableCheckpointError` naming ``path`` when mmengine's non-strict
+    load of ``checkpoint`` (as unpickled) would put no weight into ``model``."""
+    problem = _loads_nothing_problem(checkpoint, model.state_dict().keys())
+    if problem is not None:
+        raise UnusableCheckpointError(f'{path} would load no weight into the '
+                                      f'{type(model).__name__}: {problem}')
 
 
 # --------------------------------------------------------------------------------------
@@ -319,12 +328,8 @@ class PreemptionSafeCheckpointHook(CheckpointHook):
             check_explicit_checkpoint(load_from, self.filename_tmpl)
 
     def after_load_checkpoint(self, runner, checkpoint) -> None:
-        model = getattr(runner.model, 'module', runner.model)  # unwrap DDP
-        problem = loads_nothing_problem(checkpoint, model.state_dict().keys())
-        if problem is not None:
-            path = getattr(runner, '_load_from', None) or 'the checkpoint'
-            raise UnusableCheckpointError(f'{path} would load no weight into the '
-                                          f'{type(model).__name__}: {problem}')
+        check_loads_some_weight(checkpoint, getattr(runner.model, 'module', runner.model),
+                                getattr(runner, '_load_from', None) or 'the checkpoint')
 
     def before_train(self, runner) -> None:
         out_dir = self.out_dir or runner.work_dir
