@@ -36,8 +36,9 @@ import torch
 import torch.nn as nn
 
 __all__ = [
-    'CheckpointError', 'YacsConfigStandIn', 'load_checkpoint_file', 'extract_state_dict',
-    'load_state_dict', 'load_pretrained', 'convert_to_mmpretrain', 'LoadReport'
+    'CheckpointError', 'YacsConfigStandIn', 'load_checkpoint_file', 'is_official_checkpoint',
+    'extract_state_dict', 'load_state_dict', 'load_pretrained', 'convert_to_mmpretrain',
+    'LoadReport'
 ]
 
 
@@ -159,6 +160,12 @@ def _is_state_dict(obj) -> bool:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 
 
+def is_official_checkpoint(ckpt) -> bool:
+    """An unpickled checkpoint in the layout of the released files: the weights under
+    ``'model'`` / ``'model_ema'``, with the upstream key names."""
+    return isinstance(ckpt, dict) and ('model' in ckpt or 'model_ema' in ckpt)
+
+
 def extract_state_dict(ckpt, use_ema: bool = False,
                        source: str = 'checkpoint') -> Tuple[Dict[str, torch.Tensor], str]:
     """Find the weights in an unpickled checkpoint.
@@ -173,7 +180,7 @@ def extract_state_dict(ckpt, use_ema: bool = False,
     """
     if not isinstance(ckpt, dict):
         raise TypeError(f'{source}: expected a dict, got {type(ckpt).__name__}')
-    if 'model' in ckpt or 'model_ema' in ckpt:
+    if is_official_checkpoint(ckpt):
         key = 'model_ema' if use_ema else 'model'
         if key not in ckpt:
             raise KeyError(f"{source} is an official MSVMamba checkpoint without '{key}' "

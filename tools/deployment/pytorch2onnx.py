@@ -170,13 +170,14 @@ def load_weights(model: nn.Module, path: str, task: str) -> None:
     An official classification file (``{'model': ...}``, the released ImageNet weights) is
     converted to mmpretrain's names on the fly, as msvmamba2mmpretrain.py would."""
     from projects.msvmamba.checkpoint import (CheckpointError, convert_to_mmpretrain,
-                                              extract_state_dict, load_checkpoint_file,
-                                              load_state_dict)
+                                              extract_state_dict, is_official_checkpoint,
+                                              load_checkpoint_file, load_state_dict)
     if not ('://' in path or osp.isfile(path)):
         raise UserError(f'checkpoint not found: {path}')
     try:
-        state_dict, where = extract_state_dict(load_checkpoint_file(path), source=path)
-        if where.startswith('official'):
+        ckpt = load_checkpoint_file(path)
+        state_dict, _ = extract_state_dict(ckpt, source=path)
+        if is_official_checkpoint(ckpt):
             if task != 'classification':
                 raise UserError(
                     f'checkpoint {path} is an official ImageNet file (backbone and '
