@@ -37,6 +37,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from msvmamba_ops import ENV_BACKEND, cpu_fused
+
 from . import analysis, speed, timing
 from .errors import UserError
 
@@ -86,6 +88,8 @@ ROW_KEYS = ('model', 'task', 'shape', 'height', 'width', 'batch_size', 'params_m
             'train_peak_mem_mb', 'train_note', 'mem_threads', 'published',
             'published_source', 'config', 'reason')
 MEMORY_CHILD_TIMEOUT_S = 1800
+# settings that change the timings, recorded with them
+RECORDED_ENVIRONMENT = ('OMP_NUM_THREADS', 'OMP_WAIT_POLICY', cpu_fused.ENV_FUSED, ENV_BACKEND)
 CHILD_START_TIMEOUT_S = 30
 
 
@@ -420,7 +424,9 @@ def machine_info(device: str, threads: int, amp: bool) -> dict:
         load_average_before=[round(x, 2) for x in os.getloadavg()], commit=_commit(),
         versions={name: _version(name) for name in (
             'torch', 'mmengine', 'mmcv', 'mmpretrain', 'mmdet', 'mmseg', 'msvmamba-mm')},
-        yardstick_gflops=[])
+        yardstick_gflops=[],
+        environment={name: os.environ[name] for name in RECORDED_ENVIRONMENT
+                     if name in os.environ})
     if device == 'cuda':
         info['gpu'] = torch.cuda.get_device_name()
     return info
@@ -471,6 +477,8 @@ def _machine_line(machine: dict) -> str:
     return (f'{machine["date"]}: {machine["host_cpu"]} ({machine["cpu_count"]} CPUs), '
             f'device {machine["device"]}, {machine["threads"]} threads, '
             f'{machine["dtype"]}, load average {machine["load_average_before"]}; '
+            + ''.join(f'{k}={v}, ' for k, v in machine.get('environment', {}).items())
+            + 
             f'machine yardstick: 1024x1024 float32 matmul at {yardstick} GFLOP/s; '
             f'{versions}')
 

@@ -13,6 +13,10 @@ config beside them; per model the exponent k of latency / FLOPs / memory ∝ pix
 The models alternate forward by forward in this one process. Writes results.json,
 results.csv, results.md and scaling.png into --out. The implementation is
 projects/msvmamba_mm/compare.py.
+
+On a machine shared with other work, run with OMP_WAIT_POLICY=PASSIVE: OpenMP threads
+that spin while waiting made 2-thread forwards 5-10x slower on a 2-core machine at load
+average 9 (the setting is recorded with the results).
 """
 import argparse
 import sys
