@@ -1,9 +1,10 @@
 """Parallel selective scan from standard tensor ops: the 'chunked' backend.
 
 No loop over time steps and no custom kernel: pads, reshapes, ``exp``, ``cumsum``, products
-and sums only. It is what ONNX export (and ``torch.export``) records for the scan, what
-``torch.compile`` / Inductor traces when the backend is 'chunked', and the fast path on
-devices without a compiled kernel (MPS, XPU, ...).
+and sums only. Any device, float64 included. It is what ONNX export (and ``torch.export``)
+records for the scan, what ``torch.compile`` / Inductor traces when the backend is
+'chunked' (it runs inline, not as the opaque custom op: ``SUPPORT.inline``), and the fast
+path on devices without a compiled kernel (MPS, XPU, ...).
 
 The recurrence, per (batch, channel, state) sequence, is ``h_t = a_t h_{t-1} + x_t`` with
 ``a_t = exp(s_t)``, ``s_t = dt_t A`` and ``x_t = dt_t B_t u_t``. The time axis is cut into
@@ -57,6 +58,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .backend import ALL_DTYPES, Support
+from .graph_mode import recording_graph
+
 CHUNK = 4
 GROUP = 2  # chunk levels per padding step
 EXPORT_LEVELS = 10
@@ -64,18 +68,6 @@ EXPORT_LEVELS = 10
 # and 2^-53 (float64) are e^-16.6 and e^-36.7.
 LOG_DECAY_FLOOR = {torch.float32: -18.0, torch.float64: -40.0}
 SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus's default
-
-
-def exporting() -> bool:
-    """True while an exporter (``torch.export``, ONNX) records the ops: the selective scan is
-    then this chunked one, whatever backend was asked for."""
-    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
-
-
-def recording_graph() -> bool:
-    """True while a tracer records the ops (export, torch.compile, jit tracing): shapes
-    may be symbolic, so no Python branch may depend on them."""
-    return torch.compiler.is_compiling() or exporting() or torch.jit.is_tracing()
 
 
 def softplus(v: Tensor) -> Tensor:
@@ -253,20 +245,29 @@ class _ChunkedScan(torch.autograd.Function):
         return grads + (None, None)
 
 
-def selective_scan_chunked(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
-                           D: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None,
-                           delta_softplus: bool = False, out_float: bool = False) -> Tensor:
+# ---- the backend protocol (msvmamba_ops/backend.py): on validated, normalised inputs ----
+
+SUPPORT = Support(devices=None, dtypes=ALL_DTYPES, inline=True)
+
+
+def unavailable_reason(device_type: str, dtype: torch.dtype = torch.float32,
+                       build: bool = False) -> Optional[str]:
+    return SUPPORT.unsupported(device_type, dtype)
+
+
+def scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+         D: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None,
+         delta_softplus: bool = False, out_float: bool = False) -> Tensor:
     """The selective scan of :func:`msvmamba_ops.selective_scan` (same arguments, shapes and
-    dtype policy: float32 arithmetic, float64 for float64 inputs), differentiable.
-    B, C: (Bt, G, N, L) or (Bt, N, L). Without gradients (inference, export) it is the
-    plain forward ops; with them, an autograd function with the adjoint backward."""
+    dtype policy: float32 arithmetic, float64 for float64 inputs), differentiable: what
+    ``selective_scan`` runs inline for this backend. B, C: (Bt, G, N, L) or (Bt, N, L).
+    Without gradients (inference, export) it is the plain forward ops; with them, an
+    autograd function with the adjoint backward."""
     args = (u, delta, A, B, C, D, delta_bias)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
         return _ChunkedScan.apply(*args, bool(delta_softplus), bool(out_float))
     return _forward(*args, delta_softplus, out_float)
 
-
-# ---- backend interface (see msvmamba_ops/scan.py): fwd / bwd on normalised inputs ----
 
 def fwd(u, delta, A, B, C, D, delta_bias, delta_softplus: bool, out_float: bool):
     with torch.no_grad():
@@ -279,5 +280,5 @@ def bwd(u, delta, A, B, C, D, delta_bias, dout, delta_softplus: bool):
         return _gradients(u, delta, A, B, C, D, delta_bias, dout, delta_softplus)
 
 
-__all__ = ['selective_scan_chunked', 'linear_recurrence', 'softplus', 'exporting',
-           'recording_graph', 'fwd', 'bwd', 'CHUNK', 'EXPORT_LEVELS', 'LOG_DECAY_FLOOR']
+__all__ = ['scan', 'linear_recurrence', 'softplus', 'SUPPORT', 'unavailable_reason', 'fwd',
+           'bwd', 'CHUNK', 'EXPORT_LEVELS', 'LOG_DECAY_FLOOR']

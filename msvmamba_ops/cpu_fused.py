@@ -1,10 +1,7 @@
-"""The CPU inference fast path of the MSVMamba block, kept apart from the model's math (as
-``torch.nn.MultiheadAttention`` keeps its fast path apart).
+"""The fused CPU inference ops of the MSVMamba block and the check that says when a module
+may use them (as ``torch.nn.MultiheadAttention`` keeps its fast path apart from its math).
 
-The backbone's modules (``projects/msvmamba/msvmamba.py``) compute their forward as plain
-tensor ops. When :func:`fast_path_eligible` says so, ``MultiScaleSS2D`` and ``ConvFFN``
-return :func:`ms2d_forward` / :func:`convffn_forward` instead, which run the same math
-through two fused C++ ops:
+Two tensor-level C++ ops, forward only, float32 CPU tensors:
 
 * ``msvmamba_cpu::ms2d_branch`` (:func:`ms2d_branch`): one token-mixer branch (depthwise
   conv, SiLU, x/dt projections, the selective scan, out_norm, the merge of the scan
@@ -14,8 +11,13 @@ through two fused C++ ops:
 * ``msvmamba_cpu::convffn_dwconv_gelu`` (:func:`convffn_dwconv_gelu`): the ConvFFN's
   bias, depthwise conv, residual and GELU (``csrc/cpu/convffn_cpu.cpp``).
 
-Same results to float32 rounding: ``tests/ops/test_cpu_fused.py`` checks them against the
-plain modules, ``tests/backbone`` the whole backbone against the official reference outputs.
+They take tensors and numbers, not modules. The backbone's modules
+(``projects/msvmamba/msvmamba.py``) compute their forward as plain tensor ops; when
+:func:`fast_path_eligible` says so, ``MultiScaleSS2D`` and ``ConvFFN`` run their
+``_fused_forward`` instead, which passes their weights to these ops. Same results to
+float32 rounding: ``tests/backbone/test_fast_path.py`` checks the modules both ways,
+``tests/ops/test_cpu_fused.py`` the ops themselves, ``tests/backbone`` the whole backbone
+against the official reference outputs.
 
 The fast path is taken only in inference on float32 CPU tensors with the ops built, and
 never while a tracer, compiler or exporter records the model (they must see the plain ops,
@@ -28,13 +30,11 @@ import os
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from . import cpu_scan
-from .chunked_scan import exporting
+from .graph_mode import exporting
 from .scan import ENV_BACKEND
-from .scan_order import scan_indices
 
 ENV_FUSED = 'MSVMAMBA_FUSED_CPU'
 _built_reason: Optional[str] = None  # why the ops cannot be loaded ('' once they can)
@@ -164,62 +164,5 @@ def convffn_dwconv_gelu(h: Tensor, in_bias: Optional[Tensor], weight: Tensor,
     return cpu_scan.ops().convffn_dwconv_gelu(h, in_bias, weight, bias)
 
 
-# ---------------------------------------------------------------------------- the modules
-
-def convffn_forward(m: torch.nn.Module, x: Tensor) -> Tensor:
-    """``ConvFFN.forward`` (eval) with the bias, conv, residual and GELU in one pass."""
-    g = convffn_dwconv_gelu(F.linear(x, m.linear1.weight.flatten(1)), m.linear1.bias,
-                            m.dwc.weight, m.dwc.bias)
-    return F.linear(g, m.linear2.weight.flatten(1), m.linear2.bias)
-
-
-def _conv_args(conv: torch.nn.Conv2d) -> dict:
-    return dict(conv_weight=conv.weight, conv_bias=conv.bias, stride=conv.stride[0],
-                padding=conv.padding[0])
-
-
-def _ssm_args(m: torch.nn.Module, group: int) -> dict:
-    """The scan parameters of group ``group`` (A = -exp(A_log))."""
-    rows = slice(group * m.inner_channels, (group + 1) * m.inner_channels)
-    return dict(x_proj_weight=m.x_proj_weight[group], dt_proj_weight=m.dt_projs_weight[group],
-                dt_bias=m.dt_projs_bias[group], A=-torch.exp(m.A_logs[rows]), D=m.Ds[rows])
-
-
-def ms2d_forward(m: torch.nn.Module, x: Tensor) -> Tensor:
-    """``MultiScaleSS2D.forward`` (eval, one full-resolution direction) with everything
-    between in_proj and out_proj in two :func:`ms2d_branch` calls (low-res branch, then the
-    full-res branch with the merge epilogue). x: (B, H, W, C)."""
-    batch, H, W, _ = x.shape
-    inner = m.inner_channels
-    x_in = F.linear(x, m.in_proj.weight[:inner])
-    z = F.linear(x, m.in_proj.weight[inner:]).view(batch, H * W, inner) if m.gate else None
-    norm = (m.out_norm.weight, m.out_norm.bias)
-    per_branch = m.out_norm_mode == 'per_branch'
-    low_conv = m.conv2d_b1
-    h, w = [(n + 2 * low_conv.padding[0] - low_conv.kernel_size[0]) // low_conv.stride[0] + 1
-            for n in (H, W)]
-    order, _ = scan_indices(h, w, m.low_directions, x.device)
-    y_low, _ = ms2d_branch(x_in, **_conv_args(low_conv), order=order,
-                           **_ssm_args(m, m.low_res_group), norm=norm if per_branch else None,
-                           eps=m.out_norm.eps)
-    y, pooled = ms2d_branch(x_in, **_conv_args(m.conv2d), order=None,
-                            **_ssm_args(m, m.full_res_group),
-                            norm=norm if per_branch else None, eps=m.out_norm.eps,
-                            low=y_low.view(batch, h, w, inner),
-                            nearest=m.upsample_mode == 'nearest',
-                            post_norm=None if per_branch else norm, z=z,
-                            pool=m.se is not None)
-    if m.se is None:
-        return m.out_proj(y).view(batch, H, W, -1)
-    # Squeeze-excite scales the E input channels of out_proj per image: scale whichever
-    # is smaller, y (B, H*W, E) or a per-image copy of the weight (B, C, E).
-    scale = m.se.fc(pooled / (H * W))
-    weight = m.out_proj.weight
-    if weight.shape[0] < H * W:
-        weight = weight[None] * scale[:, None, :]
-        return torch.bmm(y, weight.transpose(1, 2)).view(batch, H, W, -1)
-    return m.out_proj(y.mul_(scale[:, None, :])).view(batch, H, W, -1)
-
-
 __all__ = ['fast_path_eligible', 'why_not_fast_path', 'is_available', 'unavailable_reason',
-           'ms2d_forward', 'convffn_forward', 'ms2d_branch', 'convffn_dwconv_gelu', 'ENV_FUSED']
+           'ms2d_branch', 'convffn_dwconv_gelu', 'ENV_FUSED']

@@ -1,10 +1,15 @@
 """The ``cpu`` backend: fused C++ kernel (``csrc/cpu/selective_scan_cpu.cpp``), forward and
 backward, parallel over rows with OpenMP, vectorised (AVX2/AVX-512 copies picked at run time
-on x86-64). Inputs follow the backend interface of docs/development.md.
+on x86-64). CPU tensors only, float64 included; the protocol of :mod:`msvmamba_ops.backend`.
 """
 from typing import Dict, Optional
 
+import torch
+
+from .backend import ALL_DTYPES, Support
 from .build import ExtensionError, cache_root, load_extension
+
+SUPPORT = Support(devices=('cpu', ), dtypes=ALL_DTYPES)
 
 # Why the cached build could not be opened, per cache folder: probing again would hash the
 # sources on every scan call (~0.2 ms) when the kernel is not built.
@@ -16,9 +21,14 @@ def ops(build: bool = True):
     return load_extension('cpu', build=build)
 
 
-def unavailable_reason(build: bool = False) -> Optional[str]:
-    """None if the kernel can be used (without compiling, unless ``build``), else why not.
-    A failed probe without ``build`` is remembered for the process (per cache folder)."""
+def unavailable_reason(device_type: str = 'cpu', dtype: torch.dtype = torch.float32,
+                       build: bool = False) -> Optional[str]:
+    """None if the kernel can be used on such tensors (without compiling, unless
+    ``build``), else why not. A failed probe without ``build`` is remembered for the
+    process (per cache folder)."""
+    unsupported = SUPPORT.unsupported(device_type, dtype)
+    if unsupported is not None:
+        return unsupported
     root = str(cache_root())
     if not build and root in _failed_probes:
         return _failed_probes[root]
@@ -30,10 +40,6 @@ def unavailable_reason(build: bool = False) -> Optional[str]:
         return str(exc)
     _failed_probes.pop(root, None)
     return None
-
-
-def is_available(build: bool = False) -> bool:
-    return unavailable_reason(build) is None
 
 
 def isa() -> str:
@@ -53,4 +59,4 @@ def bwd(u, delta, A, B, C, D, delta_bias, dout, delta_softplus: bool):
             None if delta_bias is None else dbias)
 
 
-__all__ = ['fwd', 'bwd', 'is_available', 'unavailable_reason', 'isa', 'ops']
+__all__ = ['SUPPORT', 'unavailable_reason', 'fwd', 'bwd', 'isa', 'ops']

@@ -1,26 +1,24 @@
 """CUDA backend for the selective scan: the compiled kernels of ``csrc/cuda/``.
 
-Backend interface (docs/development.md, "Add a scan backend")::
-
-    fwd(u, delta, A, B, C, D, delta_bias, delta_softplus, out_float) -> out
-    bwd(u, delta, A, B, C, D, delta_bias, dout, delta_softplus)
-        -> (du, ddelta, dA, dB, dC, dD or None, ddelta_bias or None)
-
-u, delta, B, C in fp32, fp16 or bf16 (one dtype); A, D, delta_bias fp32; fp32 arithmetic.
-``dout`` may have u's dtype or be fp32. The kernels (design in ``csrc/cuda/selective_scan.cu``;
-ops ``torch.ops.msvmamba_cuda.{fwd,bwd}``) are built by ``msvmamba_ops/build.py`` (entry
+The protocol of :mod:`msvmamba_ops.backend`: CUDA tensors, u, delta, B, C in fp32, fp16 or
+bf16 (one dtype; no float64), A, D, delta_bias fp32, fp32 arithmetic; ``dout`` may have
+u's dtype or be fp32. The kernels (design in ``csrc/cuda/selective_scan.cu``; ops
+``torch.ops.msvmamba_cuda.{fwd,bwd}``) are built by ``msvmamba_ops/build.py`` (entry
 ``'cuda'``) into the cache outside the clone, by ``bash tools/setup.sh`` or
 ``python -m msvmamba_ops.build cuda``; this module only loads a finished build and never
-compiles on the fly. A build holds kernels for the GPU architectures it was made for
-(``TORCH_CUDA_ARCH_LIST``, recorded by ``build.py``); on a GPU none of them can run on,
-:func:`is_available` is False and the dispatcher falls back to Triton, with a warning
-(once per process) saying how to rebuild.
+compiles on the fly (``build=True`` changes nothing). A build holds kernels for the GPU
+architectures it was made for (``TORCH_CUDA_ARCH_LIST``, recorded by ``build.py``); on a
+GPU none of them can run on, :func:`unavailable_reason` says so and how to rebuild, and
+the automatic choice falls back to Triton with that warning (once per process).
 """
 from typing import Dict, Optional
 
 import torch
 
 from . import build as _build
+from .backend import NO_FLOAT64, Support
+
+SUPPORT = Support(devices=('cuda', ), dtypes=NO_FLOAT64)
 
 NOT_BUILT = ('the CUDA selective-scan extension is not built; run `bash tools/setup.sh` on a '
               'machine with nvcc (or `python -m msvmamba_ops.build cuda`)')
@@ -51,10 +49,15 @@ def _arch_mismatch(index: int) -> Optional[str]:
             'TORCH_CUDA_ARCH_LIST for `bash tools/setup.sh`)')
 
 
-def unavailable_reason() -> Optional[str]:
-    """None if the compiled kernels can run on the current CUDA device, else why not (no
-    device, not built, or built for other GPU architectures) and how to fix it."""
+def unavailable_reason(device_type: str = 'cuda', dtype: torch.dtype = torch.float32,
+                       build: bool = False) -> Optional[str]:
+    """None if the compiled kernels can run on such tensors on the current CUDA device, else
+    why not (not CUDA tensors or a dtype they do not take, no device, not built, or built
+    for other GPU architectures) and how to fix it."""
     global _missing
+    unsupported = SUPPORT.unsupported(device_type, dtype)
+    if unsupported is not None:
+        return unsupported
     if not torch.cuda.is_available():
         return 'no CUDA device is visible'
     if _missing:
@@ -68,12 +71,6 @@ def unavailable_reason() -> Optional[str]:
     if index not in _device_reasons:
         _device_reasons[index] = _arch_mismatch(index)
     return _device_reasons[index]
-
-
-def is_available() -> bool:
-    """True if a CUDA device is visible, the extension is built for these sources, and the
-    build has a kernel (cubin or PTX) for the current device's architecture."""
-    return unavailable_reason() is None
 
 
 def _c(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:

@@ -9,14 +9,19 @@ where channel d belongs to group g = d // (D / G).
 It loops over time with one vectorised step over all (batch, channel, state) per index, is
 differentiable by autograd and runs in float64 when given float64 inputs (gradcheck).
 
-It is also the 'reference' backend (``fwd``/``bwd``, docs/development.md). Its ``bwd`` is an
-explicit reverse-time loop (a backend runs below autograd, so it cannot call autograd); the
+It is also the 'reference' backend (the protocol of :mod:`msvmamba_ops.backend`): any device,
+float64 included, and the last resort of the automatic choice. Its ``bwd`` is an explicit
+reverse-time loop (a backend runs below autograd, so it cannot call autograd); the
 tests check it against autograd through :func:`selective_scan_ref` and numerical gradients.
 """
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
+
+from .backend import ALL_DTYPES, Support
+
+SUPPORT = Support(devices=None, dtypes=ALL_DTYPES)
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -79,7 +84,12 @@ def selective_scan_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
     return y if out_float and in_dtype != torch.float64 else y.to(in_dtype)
 
 
-# ---- backend interface (docs/development.md): fwd / bwd on validated, normalised inputs ----
+# ---- the backend protocol (msvmamba_ops/backend.py): on validated, normalised inputs ----
+
+def unavailable_reason(device_type: str, dtype: torch.dtype = torch.float32,
+                       build: bool = False) -> Optional[str]:
+    return SUPPORT.unsupported(device_type, dtype)
+
 
 def fwd(u, delta, A, B, C, D, delta_bias, delta_softplus: bool, out_float: bool):
     with torch.no_grad():

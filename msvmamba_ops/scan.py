@@ -5,66 +5,79 @@ The ops ``msvmamba::selective_scan_fwd`` and ``msvmamba::selective_scan_bwd`` ar
 scan as one opaque node (no graph break) and ``torch.library.opcheck`` passes. The backend is a
 plain string argument of both ops; the forward op's autograd formula calls the backward op
 with the same backend.
+
+Backends are the modules of :data:`REGISTRY`, each with the protocol of
+:mod:`msvmamba_ops.backend` (``SUPPORT``, ``unavailable_reason``, ``fwd``, ``bwd``); the
+dispatch below only reads the registry and those members.
 """
 import importlib
 import os
 import warnings
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from .chunked_scan import exporting
+from .backend import ALL_DTYPES
+from .graph_mode import exporting
 
-BACKENDS = ('reference', 'cpu', 'triton', 'cuda', 'chunked')
+
+class Registered(NamedTuple):
+    """A registry entry: the backend's module and the device types for which the automatic
+    choice tries it (``'*'``: every device type that no entry names)."""
+    module: str
+    auto: Tuple[str, ...] = ()
+
+
+# The backends by name. The automatic choice tries, in this order, the entries whose
+# ``auto`` holds the tensors' device type (fastest first) and takes the first that takes
+# the dtype and is available; 'reference' (any device, any dtype) is the last resort.
+REGISTRY = {
+    'cuda': Registered('msvmamba_ops.cuda_scan', auto=('cuda', )),
+    'triton': Registered('msvmamba_ops.triton_scan', auto=('cuda', )),
+    'cpu': Registered('msvmamba_ops.cpu_scan', auto=('cpu', )),
+    # devices with no compiled kernel at all (MPS, XPU, ...): the parallel plain-op scan
+    'chunked': Registered('msvmamba_ops.chunked_scan', auto=('*', )),
+    'reference': Registered('msvmamba_ops.reference', auto=('cpu', 'cuda', '*')),
+}
+BACKENDS = tuple(REGISTRY)  # the names, for users and test parametrisation
+# What exporters (torch.export, ONNX) record, whatever backend was asked for: an inline one.
+EXPORT_BACKEND = 'chunked'
 ENV_BACKEND = 'MSVMAMBA_SCAN_BACKEND'
 SETUP_HINT = 'run `bash tools/setup.sh` (or `python -m msvmamba_ops.build`)'
-
-_BACKEND_MODULES = {
-    'reference': 'msvmamba_ops.reference',
-    'cpu': 'msvmamba_ops.cpu_scan',
-    'triton': 'msvmamba_ops.triton_scan',
-    'cuda': 'msvmamba_ops.cuda_scan',
-    'chunked': 'msvmamba_ops.chunked_scan',
-}
-# Automatic choice, fastest first, by tensor device type ('reference' is the last resort).
-_AUTO_ORDER = {'cpu': ('cpu',), 'cuda': ('cuda', 'triton')}
-_INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-_FP64_BACKENDS = ('reference', 'cpu', 'chunked')
 _warned = set()
+_modules = {}  # module path -> imported backend module
 
 
 # ---------------------------------------------------------------------------------------
 # Backend selection
 
-def backend_unavailable_reason(name: str, device_type: str, build: bool = False) -> Optional[str]:
-    """None if backend ``name`` can run on ``device_type`` tensors here, else the reason.
+def backend_module(name: str):
+    """The module of backend ``name`` (it has the members of
+    :class:`msvmamba_ops.backend.ScanBackend`)."""
+    if name not in REGISTRY:
+        raise ValueError(f'selective_scan: unknown backend {name!r}; choose one of '
+                         f"{', '.join(repr(b) for b in REGISTRY)}")
+    path = REGISTRY[name].module
+    # A dict lookup after the first import: what torch.compile traces in selective_scan.
+    if path not in _modules:
+        _modules[path] = importlib.import_module(path)
+    return _modules[path]
 
-    ``build`` lets the ``cpu`` backend compile its extension when it is not cached yet.
-    """
-    if name in ('reference', 'chunked'):  # plain torch ops: any device
-        return None
-    if name == 'cpu':
-        if device_type != 'cpu':
-            return 'it runs on CPU tensors only'
-        from . import cpu_scan
-        return cpu_scan.unavailable_reason(build=build)
-    interpret = device_type == 'cpu' and os.environ.get('TRITON_INTERPRET') == '1'
-    if name == 'triton' and device_type != 'cuda' and not interpret:
-        return 'it runs on CUDA tensors (or on CPU tensors under TRITON_INTERPRET=1)'
-    if name == 'cuda' and device_type != 'cuda':
-        return 'it runs on CUDA tensors only'
-    try:
-        module = importlib.import_module(_BACKEND_MODULES[name])
-    except ImportError as exc:
-        hint = 'pip install triton' if name == 'triton' else SETUP_HINT
-        return f'{_BACKEND_MODULES[name]} cannot be imported ({exc}); {hint}'
-    check = getattr(module, 'is_available', None)
-    if check is not None and not check():
-        if name == 'cuda':  # not built, or built for other GPUs: says how to fix it
-            return module.unavailable_reason()
-        return f'{_BACKEND_MODULES[name]}.is_available() is False'
-    return None
+
+def backend_unavailable_reason(name: str, device_type: str, dtype: torch.dtype = torch.float32,
+                               build: bool = False) -> Optional[str]:
+    """None if backend ``name`` can run on ``device_type`` tensors of ``dtype`` here, else
+    the reason. ``build`` lets a compiled backend compile its extension when it is not
+    cached yet."""
+    return backend_module(name).unavailable_reason(device_type, dtype, build=build)
+
+
+def _auto_candidates(device_type: str):
+    """The backends the automatic choice tries on ``device_type`` tensors, in order."""
+    named = any(device_type in entry.auto for entry in REGISTRY.values())
+    key = device_type if named else '*'
+    return [name for name, entry in REGISTRY.items() if key in entry.auto]
 
 
 def _warn_once(key: str, message: str) -> None:
@@ -78,41 +91,42 @@ def resolve_backend(device_type: str, dtype: torch.dtype = torch.float32,
     """The backend a call on ``device_type`` tensors of ``dtype`` uses.
 
     ``backend`` (per call) wins over the environment variable ``MSVMAMBA_SCAN_BACKEND``;
-    both accept 'auto' (default), 'reference', 'cpu', 'triton', 'cuda' and 'chunked' (the
-    parallel plain-op scan of ``chunked_scan.py``: any device, and what export records).
-    An explicit backend that cannot run raises. 'auto' picks, by device: CPU -> cpu
-    extension, else reference; CUDA -> cuda extension, else triton, else reference;
-    float64 on CUDA -> reference; other devices (MPS, XPU, ...) -> chunked (float64:
-    reference). When a faster backend is missing it warns once per process, saying how to
-    get it.
+    both accept 'auto' (default) or a name of :data:`BACKENDS`: 'cuda', 'triton', 'cpu',
+    'chunked' (the parallel plain-op scan of ``chunked_scan.py``: any device, and what
+    export records) or 'reference'. An explicit backend that cannot run raises. 'auto'
+    goes down :data:`REGISTRY`: CPU -> cpu extension, else reference; CUDA -> cuda
+    extension, else triton, else reference (float64 on CUDA: reference); other devices
+    (MPS, XPU, ...) -> chunked. When a faster backend is missing it warns once per
+    process, saying how to get it.
     """
     source = 'backend=' if backend is not None else ENV_BACKEND
     name = (backend if backend is not None else os.environ.get(ENV_BACKEND) or 'auto')
     name = str(name).strip().lower()
-    if name not in BACKENDS + ('auto',):
+    if name not in REGISTRY and name != 'auto':
         raise ValueError(f'selective_scan: unknown backend {name!r} (from {source}); choose '
-                         f"one of 'auto', {', '.join(repr(b) for b in BACKENDS)}")
+                         f"one of 'auto', {', '.join(repr(b) for b in REGISTRY)}")
     if name != 'auto':
-        if dtype == torch.float64 and name not in _FP64_BACKENDS:
-            raise TypeError(f'selective_scan: backend {name!r} does not support float64 '
-                            f'inputs; use one of {_FP64_BACKENDS}')
-        reason = backend_unavailable_reason(name, device_type, build=True)
+        support = backend_module(name).SUPPORT
+        if dtype not in support.dtypes:
+            takes = tuple(b for b in REGISTRY if dtype in backend_module(b).SUPPORT.dtypes)
+            raise TypeError(f'selective_scan: backend {name!r} does not support '
+                            f'{str(dtype).replace("torch.", "")} inputs; use one of {takes}')
+        reason = backend_unavailable_reason(name, device_type, dtype, build=True)
         if reason is not None:
             raise RuntimeError(f'selective_scan: backend {name!r} (from {source}) cannot run on '
                                f'{device_type} tensors: {reason}')
         return name
-    candidates = [c for c in _AUTO_ORDER.get(device_type, ())
-                  if dtype != torch.float64 or c in _FP64_BACKENDS]
     missing = []
-    for cand in candidates:
-        reason = backend_unavailable_reason(cand, device_type)
+    for cand in _auto_candidates(device_type):
+        if dtype not in backend_module(cand).SUPPORT.dtypes:
+            continue  # not a missing kernel: it never takes this dtype
+        reason = backend_unavailable_reason(cand, device_type, dtype)
         if reason is None:
             break
         missing.append(f'{cand}: {reason}')
-    else:
-        # devices with no compiled kernel at all (MPS, XPU, ...): the parallel plain-op scan
-        no_kernel = device_type not in _AUTO_ORDER and dtype != torch.float64
-        cand = 'chunked' if no_kernel else 'reference'
+    else:  # pragma: no cover - 'reference' runs everywhere
+        raise RuntimeError(f'selective_scan: no backend can run on {device_type} tensors of '
+                           f'{dtype} ({"; ".join(missing)})')
     if missing:
         _warn_once(device_type, (
             f'msvmamba_ops.selective_scan: the fast {device_type} kernel is missing '
@@ -121,22 +135,15 @@ def resolve_backend(device_type: str, dtype: torch.dtype = torch.float32,
     return cand
 
 
+# Imported now: a strict exporter traces selective_scan and cannot trace an import. (The
+# other backends are imported by resolve_backend, which runs untraced.)
+backend_module(EXPORT_BACKEND)
+
+
 @torch.compiler.assume_constant_result
 def _resolve_constant(device_type: str, is_fp64: bool, backend: Optional[str]) -> str:
     # Run once while torch.compile traces; the result is baked into the graph.
     return resolve_backend(device_type, torch.float64 if is_fp64 else torch.float32, backend)
-
-
-def _chunked_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, out_float):
-    from .chunked_scan import selective_scan_chunked
-    return selective_scan_chunked(u, delta, A, B, C, D, delta_bias, bool(delta_softplus),
-                                  bool(out_float))
-
-
-def _backend_module(name: str):
-    if name not in _BACKEND_MODULES:
-        raise ValueError(f'selective_scan: unknown backend {name!r}')
-    return importlib.import_module(_BACKEND_MODULES[name])
 
 
 # ---------------------------------------------------------------------------------------
@@ -169,7 +176,7 @@ def _own(outs, inputs):
 def selective_scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                        D: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool,
                        out_float: bool, backend: str) -> Tensor:
-    out = _backend_module(backend).fwd(u, delta, A, B, C, D, delta_bias, delta_softplus,
+    out = backend_module(backend).fwd(u, delta, A, B, C, D, delta_bias, delta_softplus,
                                        out_float)
     out = out.to(out_dtype(u.dtype, out_float))
     return _own([out], [u, delta, A, B, C, D, delta_bias])[0]
@@ -189,7 +196,7 @@ def selective_scan_bwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
                        ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients (du, ddelta, dA, dB, dC, dD, ddelta_bias); dD / ddelta_bias are zeros when
     D / delta_bias is None (the autograd formula drops them)."""
-    du, ddelta, dA, dB, dC, dD, dbias = _backend_module(backend).bwd(
+    du, ddelta, dA, dB, dC, dD, dbias = backend_module(backend).bwd(
         u, delta, A, B, C, D, delta_bias, dout, delta_softplus)
     dim = A.shape[0]
     dD = A.new_zeros(dim) if dD is None else dD
@@ -268,7 +275,7 @@ def _normalize(u, delta, A, B, C, D, delta_bias):
         _check(t is None or _shape(t) == (dim,), f'{name} must have shape (D,) = ({dim},), '
                f'got {None if t is None else _shape(t)}')
     dtypes = {name: named[name].dtype for name in ('u', 'delta', 'B', 'C')}
-    _check(u.dtype in _INPUT_DTYPES and len(set(dtypes.values())) == 1,
+    _check(u.dtype in ALL_DTYPES and len(set(dtypes.values())) == 1,
            'u, delta, B and C must share one dtype among float32, float16, bfloat16, float64; '
            'got ' + ', '.join(f'{k} {str(v).replace("torch.", "")}' for k, v in dtypes.items()),
            TypeError)
@@ -310,14 +317,15 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
         delta_softplus: apply softplus to delta + delta_bias.
         out_float: return float32 even for float16/bfloat16 inputs.
         backend: 'auto' / None (default: env ``MSVMAMBA_SCAN_BACKEND``, else automatic),
-            'reference', 'cpu', 'triton', 'cuda' or 'chunked'; see :func:`resolve_backend`.
+            'cuda', 'triton', 'cpu', 'chunked' or 'reference'; see :func:`resolve_backend`.
             Under ``torch.export`` / ONNX export the chunked scan is used whatever is asked.
 
     Dtype policy:
         u, delta, B and C share one dtype: float32, float16, bfloat16 (or float64, on the
-        'reference' and 'cpu' backends only). A, D and delta_bias are cast to float32
-        (float64 for float64 inputs). All arithmetic (dt, the states h, the sums) is
-        accumulated in float32 (float64 for float64 inputs). The output has the input dtype,
+        'cpu', 'chunked' and 'reference' backends only: each backend's ``SUPPORT.dtypes``).
+        A, D and delta_bias are cast to float32 (float64 for float64 inputs). All
+        arithmetic (dt, the states h, the sums) is accumulated in float32 (float64 for
+        float64 inputs). The output has the input dtype,
         or float32 when ``out_float`` (fp16/bf16 inputs). Gradients: du, ddelta, dB, dC in
         the dtype of their input, dA, dD, ddelta_bias in A's accumulation dtype (cast back
         to the caller's dtype by autograd), all accumulated in float32/float64.
@@ -340,12 +348,15 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     else:
         u, delta, A, B, C, D, delta_bias = _normalize(u, delta, A, B, C, D, delta_bias)
     if exporting():
-        # Exported graphs get standard ops only (ONNX, torch.export): the chunked scan.
-        return _chunked_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, out_float)
-    name = _resolve_constant(u.device.type, u.dtype == torch.float64, backend)
-    if name == 'chunked':
+        # Exported graphs get standard ops only (ONNX, torch.export): the inline backend.
+        name = EXPORT_BACKEND
+    else:
+        name = _resolve_constant(u.device.type, u.dtype == torch.float64, backend)
+    module = backend_module(name)
+    if module.SUPPORT.inline:
         # Plain ops, not the opaque custom op: torch.compile traces them and Inductor fuses
         # them; the compiled backends stay one opaque node (their kernel is one pass).
-        return _chunked_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, out_float)
+        return module.scan(u, delta, A, B, C, D, delta_bias, bool(delta_softplus),
+                           bool(out_float))
     return torch.ops.msvmamba.selective_scan_fwd(u, delta, A, B, C, D, delta_bias,
                                                  bool(delta_softplus), bool(out_float), name)

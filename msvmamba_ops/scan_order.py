@@ -2,15 +2,16 @@
 the concatenated sequence of several scan directions, and the way back).
 
 Directions: 'row' (row-major), 'column' (column-major) and their '_reversed' forms
-(``docs/architecture.md §3.1``). Used by the backbone's plain token mixer and by the fused
-CPU op (:mod:`msvmamba_ops.cpu_fused`), which must agree on the order.
+(``docs/architecture.md §3.1``). Used by the backbone's plain token mixer and by its fused
+CPU fast path (which hands the order to :func:`msvmamba_ops.cpu_fused.ms2d_branch`): both
+must agree on the order.
 """
 import functools
 from typing import Tuple
 
 import torch
 
-from .chunked_scan import recording_graph
+from .graph_mode import recording_graph
 
 # In the order MSVMamba assigns them: with ms_split = (1, 3) the first one runs on the
 # full-resolution map and the other three, concatenated into one sequence, on the

@@ -18,13 +18,12 @@ Imports only torch (pytest only inside :func:`require_backend`).
 """
 import dataclasses
 import math
-import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from .reference import selective_scan_ref
-from .scan import backend_unavailable_reason
+from .scan import backend_module, backend_unavailable_reason
 
 ARG_NAMES = ('u', 'delta', 'A', 'B', 'C', 'D', 'delta_bias')
 GRAD_NAMES = tuple('d' + name for name in ARG_NAMES)
@@ -268,14 +267,15 @@ def passes(backend: str, case: ScanCase, errs: Dict[str, float]) -> bool:
 # ---------------------------------------------------------------------------- backends
 
 def backend_device(name: str) -> Optional[str]:
-    """The device a backend is tested on here: 'reference', 'cpu' and 'chunked' on the
-    CPU; 'cuda' on a GPU; 'triton' on a GPU or, under TRITON_INTERPRET=1, on the CPU; else
-    None."""
-    if name in ('reference', 'cpu', 'chunked'):
+    """The device a backend is tested on here (from its ``SUPPORT``): the CPU when it runs
+    on CPU tensors, a GPU when it runs on CUDA tensors and one is visible, else the CPU
+    when an emulator runs it there (Triton under TRITON_INTERPRET=1); else None."""
+    support = backend_module(name).SUPPORT
+    if support.runs_on('cpu'):
         return 'cpu'
-    if torch.cuda.is_available():
+    if support.runs_on('cuda') and torch.cuda.is_available():
         return 'cuda'
-    if name == 'triton' and os.environ.get('TRITON_INTERPRET') == '1':
+    if backend_unavailable_reason(name, 'cpu') is None:
         return 'cpu'
     return None
 
@@ -286,8 +286,8 @@ def require_backend(name: str) -> str:
     import pytest
     device = backend_device(name)
     if device is None:
-        extra = ' or TRITON_INTERPRET=1' if name == 'triton' else ''
-        pytest.skip(f'backend {name!r} needs a GPU{extra}')
+        pytest.skip(f'backend {name!r} needs a GPU (on the CPU: '
+                    f"{backend_unavailable_reason(name, 'cpu')})")
     reason = backend_unavailable_reason(name, device, build=True)
     if reason is not None:
         pytest.skip(f'backend {name!r} unavailable: {reason}')

@@ -1,10 +1,7 @@
 """Triton backend for the selective scan (forward and backward).
 
-Backend interface (docs/development.md)::
-
-    fwd(u, delta, A, B, C, D, delta_bias, delta_softplus, out_float) -> out
-    bwd(u, delta, A, B, C, D, delta_bias, dout, delta_softplus)
-        -> (du, ddelta, dA, dB, dC, dD or None, ddelta_bias or None)
+The protocol of :mod:`msvmamba_ops.backend`: CUDA tensors (or CPU tensors under Triton's
+interpreter, ``TRITON_INTERPRET=1``, which the tests use), fp32, fp16 or bf16 (no float64).
 
 Math (docs/architecture.md §3.6), per batch b, channel d (group g = d // (D / G)), state n, time t:
     dt_t = softplus(delta_t + bias) (or delta_t + bias),  a_t = exp(dt_t * A[d, n]),
@@ -58,7 +55,9 @@ from typing import Optional, Tuple
 
 import torch
 
-try:  # triton is optional: is_available() reports whether this backend can run.
+from .backend import NO_FLOAT64, Support
+
+try:  # triton is optional: unavailable_reason() reports whether this backend can run.
     import triton
     import triton.language as tl
 except ImportError:  # pragma: no cover - exercised only where triton is missing
@@ -75,11 +74,24 @@ _MAX_BLOCK_D = 8
 _PROGRAMS_PER_SM = 4
 
 
-def is_available() -> bool:
-    """True when triton imports and kernels can run (a CUDA device, or the interpreter)."""
+SUPPORT = Support(devices=('cuda', ), dtypes=NO_FLOAT64)
+
+
+def unavailable_reason(device_type: str = 'cuda', dtype: torch.dtype = torch.float32,
+                       build: bool = False) -> Optional[str]:
+    """None when triton imports and its kernels can run on such tensors: CUDA tensors with
+    a CUDA device visible, or CPU tensors under the interpreter (``TRITON_INTERPRET=1``)."""
+    interpret = os.environ.get('TRITON_INTERPRET', '0') == '1'
+    if device_type != 'cuda' and not (interpret and device_type == 'cpu'):
+        return 'it runs on CUDA tensors (or on CPU tensors under TRITON_INTERPRET=1)'
+    unsupported = SUPPORT.unsupported('cuda', dtype)
+    if unsupported is not None:
+        return unsupported
     if triton is None:
-        return False
-    return os.environ.get('TRITON_INTERPRET', '0') == '1' or torch.cuda.is_available()
+        return 'triton cannot be imported; pip install triton'
+    if not interpret and not torch.cuda.is_available():
+        return 'no CUDA device is visible'
+    return None
 
 
 if triton is not None:

@@ -28,8 +28,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 
 from msvmamba_ops import cpu_fused, selective_scan
-from msvmamba_ops.cpu_fused import fast_path_eligible
-from msvmamba_ops.chunked_scan import exporting
+from msvmamba_ops.graph_mode import exporting
 from msvmamba_ops.scan_order import DIRECTIONS, scan_indices
 
 from .checkpoint import load_pretrained
@@ -193,12 +192,19 @@ class ConvFFN(nn.Module):
         self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fast_path_eligible(self, x):
-            return cpu_fused.convffn_forward(self, x)
+        if cpu_fused.fast_path_eligible(self, x):
+            return self._fused_forward(x)
         h = self.drop(F.linear(x, self.linear1.weight.flatten(1), self.linear1.bias))
         # The permuted views are channels_last tensors: the conv runs on them directly.
         h = h + self.dwc(h.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return self.drop(F.linear(F.gelu(h), self.linear2.weight.flatten(1), self.linear2.bias))
+
+    def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The CPU inference fast path (eval: no dropout): linear1's bias, the conv, the
+        residual and GELU in one fused op."""
+        g = cpu_fused.convffn_dwconv_gelu(F.linear(x, self.linear1.weight.flatten(1)),
+                                          self.linear1.bias, self.dwc.weight, self.dwc.bias)
+        return F.linear(g, self.linear2.weight.flatten(1), self.linear2.bias)
 
 
 class PatchMerging2D(nn.Module):
@@ -367,29 +373,37 @@ class MultiScaleSS2D(nn.Module):
                 self.A_logs))
         self.Ds.fill_(1.0)
 
+    def _ssm_params(self, group: int) -> dict:
+        """The scan parameters of group ``group``: x_proj_weight (R + 2N, E), dt_proj_weight
+        (E, R), dt_bias (E,), A = -exp(A_log) (E, N) and D (E,); A, D and the delta bias
+        stay fp32 under any precision (docs/architecture.md §9.13)."""
+        rows = slice(group * self.inner_channels, (group + 1) * self.inner_channels)
+        return dict(x_proj_weight=self.x_proj_weight[group],
+                    dt_proj_weight=self.dt_projs_weight[group],
+                    dt_bias=self.dt_projs_bias[group].float(),
+                    A=-torch.exp(self.A_logs[rows].float()), D=self.Ds[rows].float())
+
     def _scan(self, u: torch.Tensor, group: int) -> torch.Tensor:
         """Selective scan of u (B, E, L) with parameter group ``group``. Returns fp32."""
-        inner, rank, n = self.inner_channels, self.dt_rank, self.d_state
+        rank, n = self.dt_rank, self.d_state
         batch = u.shape[0]
+        p = self._ssm_params(group)
         # Batched matmuls (the same math as upstream's einsums, faster on CPU, and counted
         # exactly by the bmm FLOP handle at any batch size).
-        x_dbl = torch.bmm(self.x_proj_weight[group].expand(batch, -1, -1), u)
+        x_dbl = torch.bmm(p['x_proj_weight'].expand(batch, -1, -1), u)
         dt, B, C = torch.split(x_dbl, [rank, n, n], dim=1)
-        delta = torch.bmm(self.dt_projs_weight[group].expand(batch, -1, -1), dt)
-        rows = slice(group * inner, (group + 1) * inner)
-        # A, D and the delta bias stay fp32 under any precision (docs/architecture.md
-        # §9.13). u, delta, B, C keep the activation dtype: the kernels accumulate in fp32
-        # either way, so upstream master's explicit fp32 cast gives the same numbers;
+        delta = torch.bmm(p['dt_proj_weight'].expand(batch, -1, -1), dt)
+        # u, delta, B, C keep the activation dtype: the kernels accumulate in fp32 either
+        # way, so upstream master's explicit fp32 cast gives the same numbers;
         # out_float=True returns fp32 for the LayerNorm that follows.
-        A = -torch.exp(self.A_logs[rows].float())
-        return selective_scan(u, delta, A, B, C, D=self.Ds[rows].float(),
-                              delta_bias=self.dt_projs_bias[group].float(),
+        return selective_scan(u, delta, p['A'], B, C, D=p['D'], delta_bias=p['dt_bias'],
                               delta_softplus=True, out_float=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) channel-last, already normalised. Returns (B, H, W, C)."""
-        if fast_path_eligible(self, x, supported=len(self.full_directions) == 1):
-            return cpu_fused.ms2d_forward(self, x)
+        # the fused op's epilogue handles one full-resolution direction
+        if cpu_fused.fast_path_eligible(self, x, supported=len(self.full_directions) == 1):
+            return self._fused_forward(x)
         H, W = x.shape[1:3]
         inner = self.inner_channels
         # The x and z halves of in_proj as two products, so that x comes out contiguous:
@@ -424,6 +438,47 @@ class MultiScaleSS2D(nn.Module):
         if z is not None:
             y = _mul_into(y, _silu_into(z))
         return self.out_proj(y)
+
+    def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The CPU inference fast path of :meth:`forward` (float32, one full-resolution
+        direction): everything between in_proj and out_proj in two fused
+        :func:`~msvmamba_ops.cpu_fused.ms2d_branch` calls, the low-res branch, then the
+        full-res branch with the merge epilogue."""
+        batch, H, W, _ = x.shape
+        inner = self.inner_channels
+        x_in = F.linear(x, self.in_proj.weight[:inner])
+        z = None
+        if self.gate:
+            z = F.linear(x, self.in_proj.weight[inner:]).view(batch, H * W, inner)
+        norm = (self.out_norm.weight, self.out_norm.bias)
+        per_branch = self.out_norm_mode == 'per_branch'
+
+        def conv_args(conv: nn.Conv2d) -> dict:
+            return dict(conv_weight=conv.weight, conv_bias=conv.bias, stride=conv.stride[0],
+                        padding=conv.padding[0])
+
+        low = self.conv2d_b1
+        h, w = [(n + 2 * low.padding[0] - low.kernel_size[0]) // low.stride[0] + 1
+                for n in (H, W)]
+        order, _ = scan_indices(h, w, self.low_directions, x.device)
+        y_low, _ = cpu_fused.ms2d_branch(
+            x_in, **conv_args(low), order=order, **self._ssm_params(self.low_res_group),
+            norm=norm if per_branch else None, eps=self.out_norm.eps)
+        y, pooled = cpu_fused.ms2d_branch(
+            x_in, **conv_args(self.conv2d), order=None, **self._ssm_params(self.full_res_group),
+            norm=norm if per_branch else None, eps=self.out_norm.eps,
+            low=y_low.view(batch, h, w, inner), nearest=self.upsample_mode == 'nearest',
+            post_norm=None if per_branch else norm, z=z, pool=self.se is not None)
+        if self.se is None:
+            return self.out_proj(y).view(batch, H, W, -1)
+        # Squeeze-excite scales the E input channels of out_proj per image: scale whichever
+        # is smaller, y (B, H*W, E) or a per-image copy of the weight (B, C, E).
+        scale = self.se.fc(pooled / (H * W))
+        weight = self.out_proj.weight
+        if weight.shape[0] < H * W:
+            weight = weight[None] * scale[:, None, :]
+            return torch.bmm(y, weight.transpose(1, 2)).view(batch, H, W, -1)
+        return self.out_proj(y.mul_(scale[:, None, :])).view(batch, H, W, -1)
 
 
 class VSSBlock(nn.Module):

@@ -124,7 +124,7 @@ def test_cuda_backend_on_a_gpu_it_was_built_for(fake_gpu):
     import warnings
     import msvmamba_ops
     cuda_scan = fake_gpu((9, 0), build.DEFAULT_CUDA_ARCH_LIST)
-    assert cuda_scan.is_available()
+    assert cuda_scan.unavailable_reason('cuda', torch.float16) is None
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         assert msvmamba_ops.resolve_backend('cuda', torch.float16) == 'cuda'
@@ -134,8 +134,7 @@ def test_arch_mismatch_falls_back_to_triton_with_one_warning(fake_gpu):
     pytest.importorskip('triton')
     import msvmamba_ops
     cuda_scan = fake_gpu((12, 0), '8.0;8.6;8.9;9.0')  # an RTX 50xx, an old sm_80..90 build
-    assert not cuda_scan.is_available()
-    reason = cuda_scan.unavailable_reason()
+    reason = cuda_scan.unavailable_reason('cuda', torch.float16)
     assert 'no kernel for this GPU (Fake GPU, compute capability 12.0)' in reason
     assert 'TORCH_CUDA_ARCH_LIST="8.0;8.6;8.9;9.0;12.0" python -m msvmamba_ops.build cuda' \
         in reason

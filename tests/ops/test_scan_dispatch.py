@@ -1,5 +1,8 @@
-"""Dispatch, errors, warnings, the torch.library ops (opcheck, torch.compile) and the FLOP
-handle of msvmamba_ops.selective_scan."""
+"""Dispatch, the backend protocol, errors, warnings, the torch.library ops (opcheck,
+torch.compile) and the FLOP handle of msvmamba_ops.selective_scan."""
+import inspect
+import sys
+import types
 import warnings
 
 import pytest
@@ -8,6 +11,7 @@ import torch
 import msvmamba_ops
 from msvmamba_ops import scan as scan_mod
 from msvmamba_ops import BACKENDS, selective_scan, selective_scan_ref
+from msvmamba_ops.backend import NO_FLOAT64, ScanBackend, Support
 from msvmamba_ops.testing import (ARG_NAMES, assert_close, make_inputs, require_backend,
                                   tolerance)
 
@@ -30,7 +34,7 @@ def test_auto_picks_cpu_kernel(fresh_warnings):
 
 def test_missing_kernel_warns_once(fresh_warnings, monkeypatch):
     from msvmamba_ops import cpu_scan
-    monkeypatch.setattr(cpu_scan, 'unavailable_reason', lambda build=False: 'not built')
+    monkeypatch.setattr(cpu_scan, 'unavailable_reason', lambda *args, **kwargs: 'not built')
     args = make_inputs(1, 2, 8)
     with pytest.warns(RuntimeWarning, match=r'bash tools/setup\.sh') as record:
         for _ in range(3):
@@ -59,6 +63,69 @@ def test_explicit_backend_errors(fresh_warnings):
     with pytest.raises(TypeError, match="'triton' does not support float64"):
         msvmamba_ops.resolve_backend('cuda', torch.float64, backend='triton')
     assert msvmamba_ops.resolve_backend('cuda', torch.float64, backend='auto') == 'reference'
+
+
+def test_devices_without_a_kernel_get_the_chunked_scan(fresh_warnings):
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # not a missing kernel: no warning
+        for dtype in (torch.float32, torch.float64):
+            assert msvmamba_ops.resolve_backend('mps', dtype) == 'chunked'
+
+
+def _parameters(function, skip_self=False):
+    names = list(inspect.signature(function).parameters)
+    return names[1:] if skip_self else names
+
+
+@backend_params
+def test_backend_module_has_the_protocol(backend):
+    """Every registered module has the members of backend.ScanBackend, with its parameter
+    names (what scan.py calls them with)."""
+    module = scan_mod.backend_module(backend)
+    assert isinstance(module.SUPPORT, Support)
+    for member in ('unavailable_reason', 'fwd', 'bwd'):
+        assert _parameters(getattr(module, member)) == _parameters(
+            getattr(ScanBackend, member), skip_self=True), member
+    if module.SUPPORT.inline:
+        assert _parameters(module.scan) == _parameters(module.fwd)
+    # Says why (a string) or None where it runs, and never raises for a device it lacks; a
+    # dtype outside SUPPORT.dtypes is always a reason, and so is a device outside
+    # SUPPORT.devices (but the CPU, where an emulator may run a GPU backend).
+    for device in ('cpu', 'cuda', 'mps'):
+        for dtype in (torch.float32, torch.float64):
+            reason = module.unavailable_reason(device, dtype)
+            assert reason is None or isinstance(reason, str) and reason
+            if dtype not in module.SUPPORT.dtypes or (
+                    device != 'cpu' and not module.SUPPORT.runs_on(device)):
+                assert reason
+
+
+def test_a_new_backend_is_a_module_and_one_registry_entry(fresh_warnings, monkeypatch):
+    """docs/development.md, 'Add a scan backend': a module with the protocol and an entry
+    in REGISTRY is all the dispatcher needs (auto choice, dtype check, fwd and bwd)."""
+    from msvmamba_ops import reference
+    calls = []
+    fake = types.ModuleType('fake_scan')
+    fake.SUPPORT = Support(devices=('cpu', ), dtypes=NO_FLOAT64)
+    fake.unavailable_reason = lambda device_type, dtype=torch.float32, build=False: (
+        fake.SUPPORT.unsupported(device_type, dtype))
+    fake.fwd = lambda *args: calls.append('fwd') or reference.fwd(*args)
+    fake.bwd = lambda *args: calls.append('bwd') or reference.bwd(*args)
+    monkeypatch.setitem(sys.modules, 'fake_scan', fake)
+    monkeypatch.setattr(scan_mod, '_modules', dict(scan_mod._modules))
+    monkeypatch.setattr(scan_mod, 'REGISTRY', {
+        'fake': scan_mod.Registered('fake_scan', auto=('cpu', )), **scan_mod.REGISTRY})
+    assert msvmamba_ops.resolve_backend('cpu') == 'fake'  # first in the registry for CPU
+    assert msvmamba_ops.resolve_backend('cpu', torch.float64) != 'fake'  # no float64
+    with pytest.raises(TypeError, match="'fake' does not support float64"):
+        msvmamba_ops.resolve_backend('cpu', torch.float64, backend='fake')
+    args = make_inputs(1, 4, 9)
+    args['u'].requires_grad_()
+    y = selective_scan(**args, delta_softplus=True)
+    y.sum().backward()
+    assert calls == ['fwd', 'bwd']
+    assert_close(y, selective_scan_ref(**args, delta_softplus=True),
+                 tolerance('reference', torch.float32))
 
 
 def _bad(**changes):

@@ -7,10 +7,12 @@ import torch
 
 from msvmamba_ops import BACKENDS, selective_scan, selective_scan_ref
 from msvmamba_ops import reference as reference_backend
+from msvmamba_ops.scan import backend_module
 from msvmamba_ops.testing import (ARG_NAMES, assert_close, assert_results_close, grads_of,
                                   make_dout, make_inputs, oracle, require_backend, tolerance)
 
 backend_params = pytest.mark.parametrize('backend', BACKENDS)
+FLOAT64_BACKENDS = [b for b in BACKENDS if backend_module(b).SUPPORT.float64]
 
 # (nstate, groups, with_D, with_bias, softplus)
 GRAD_CASES = [
@@ -25,7 +27,7 @@ GRAD_CASES = [
 ]
 
 
-@pytest.mark.parametrize('backend', ['reference', 'cpu'])
+@pytest.mark.parametrize('backend', FLOAT64_BACKENDS)
 @pytest.mark.parametrize('nstate,groups,with_D,with_bias,softplus', GRAD_CASES)
 def test_gradcheck_float64(backend, nstate, groups, with_D, with_bias, softplus):
     require_backend(backend)

@@ -1,0 +1,166 @@
+"""The backbone modules' CPU inference fast path (``MultiScaleSS2D._fused_forward``,
+``ConvFFN._fused_forward`` on msvmamba_ops.cpu_fused's ops) against their plain forward,
+and when the modules take it. The ops themselves: tests/ops/test_cpu_fused.py."""
+import pytest
+import torch
+
+from msvmamba_ops import cpu_fused
+from projects.msvmamba.msvmamba import ConvFFN, MultiScaleSS2D
+
+pytestmark = pytest.mark.skipif(not cpu_fused.is_available(),
+                                reason='the cpu extension (fused pass) is not built')
+
+MASTER = dict(gate=True, out_norm='per_branch', upsample='bilinear', low_res_group=0)
+V3 = dict(gate=False, out_norm='merged', upsample='nearest', low_res_group=1)
+V3_GATED = dict(V3, gate=True)
+
+
+def randomised(module: MultiScaleSS2D, seed: int = 0) -> MultiScaleSS2D:
+    """Perturb every parameter (norm weights/biases, D, A included) so that no term of the
+    math is trivially 1 or 0."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return module.eval()
+
+
+def spy(monkeypatch, name: str, call_through: bool = True) -> list:
+    """Replace ``cpu_fused.<name>`` by a recorder (that still calls the op unless
+    ``call_through`` is False); returns the list its calls append to."""
+    calls, op = [], getattr(cpu_fused, name)
+
+    def recorder(*args, **kwargs):
+        calls.append(1)
+        return op(*args, **kwargs) if call_through else None
+
+    monkeypatch.setattr(cpu_fused, name, recorder)
+    return calls
+
+
+def both_paths(module, x, monkeypatch):
+    """(fused, unfused) outputs of module(x); asserts the fused op really ran."""
+    calls = spy(monkeypatch, 'ms2d_branch')
+    with torch.no_grad():
+        monkeypatch.setenv(cpu_fused.ENV_FUSED, '0')
+        unfused = module(x)
+        assert not calls
+        monkeypatch.setenv(cpu_fused.ENV_FUSED, '1')
+        fused = module(x)
+    assert len(calls) == 2  # one call per branch
+    return fused, unfused
+
+
+def assert_close(actual, expected, rtol=2e-5):
+    err = ((actual - expected).abs().max() / expected.abs().max()).item()
+    assert err <= rtol, f'relative error {err:.2e}'
+
+
+@pytest.mark.parametrize('cfg, channels, d_state, size, batch', [
+    (MASTER, 32, 1, (14, 14), 2),
+    (MASTER, 20, 1, (15, 9), 1),    # E = 40: not a whole number of 16-float vectors
+    (MASTER, 48, 4, (8, 11), 3),    # general N
+    (V3, 32, 1, (13, 13), 2),
+    (V3_GATED, 24, 2, (7, 10), 2),
+    (dict(MASTER, se_reduction=0), 32, 1, (9, 9), 2),
+    (MASTER, 32, 1, (1, 1), 2),     # 1x1 map: low res also 1x1
+    (MASTER, 64, 1, (40, 3), 1),    # many steps, more than one projection tile
+])
+def test_fused_matches_unfused(cfg, channels, d_state, size, batch, monkeypatch):
+    torch.manual_seed(0)
+    module = randomised(MultiScaleSS2D(channels, d_state=d_state, **cfg))
+    x = torch.randn(batch, *size, channels)
+    fused, unfused = both_paths(module, x, monkeypatch)
+    assert fused.shape == unfused.shape == x.shape
+    assert_close(fused, unfused)
+
+
+def test_squeeze_excite_folding_both_ways(monkeypatch):
+    """The SE scale goes into a per-image weight when C < H*W, else onto y: both agree."""
+    torch.manual_seed(0)
+    module = randomised(MultiScaleSS2D(32))
+    for size in [(8, 8), (4, 4)]:  # 64 > 32 positions: fold into weight; 16: scale y
+        fused, unfused = both_paths(module, torch.randn(2, *size, 32), monkeypatch)
+        assert_close(fused, unfused)
+
+
+def test_multi_direction_full_res_split_uses_unfused_path(monkeypatch):
+    """ms_split (2, 2) scans two directions at full resolution: the fused epilogue needs
+    one, so the module keeps the unfused ops (and still works)."""
+    module = randomised(MultiScaleSS2D(16, ms_split=(2, 2)))
+    calls = spy(monkeypatch, 'ms2d_branch', call_through=False)
+    with torch.no_grad():
+        out = module(torch.randn(1, 6, 6, 16))
+    assert not calls and out.shape == (1, 6, 6, 16)
+
+
+def test_training_uses_autograd_path_and_frozen_module_fuses(monkeypatch):
+    module = randomised(MultiScaleSS2D(16))
+    x = torch.randn(1, 6, 6, 16)
+    calls = spy(monkeypatch, 'ms2d_branch')
+    module(x).sum().backward()  # parameters need gradients: unfused
+    assert not calls and module.x_proj_weight.grad is not None
+    module.requires_grad_(False)
+    module(x)  # grad mode on, but nothing needs a gradient (frozen stages): fused
+    assert calls
+    calls.clear()
+    module(x.requires_grad_()).sum().backward()  # the input needs one: unfused
+    assert not calls and x.grad is not None
+    with torch.no_grad():
+        module.train()(x)  # training mode: the plain ops, whatever needs gradients
+    assert not calls
+    assert cpu_fused.why_not_fast_path(module, x) == 'training mode'
+
+
+def test_export_records_the_plain_ops(monkeypatch):
+    """torch.export (what the ONNX exporter runs) records the plain modules' ops, never the
+    fused ones."""
+    calls = spy(monkeypatch, 'ms2d_branch', call_through=False)
+    calls_ffn = spy(monkeypatch, 'convffn_dwconv_gelu', call_through=False)
+    x = torch.randn(1, 6, 6, 16)
+    with torch.no_grad():
+        mixer = torch.export.export(randomised(MultiScaleSS2D(16)), (x, )).graph_module.code
+        ffn = torch.export.export(ConvFFN(16, 32).eval(), (x, )).graph_module.code
+    assert 'conv2d' in mixer and 'conv2d' in ffn
+    assert 'msvmamba_cpu' not in mixer + ffn and not calls and not calls_ffn
+
+
+def test_non_float32_inputs_use_unfused_path(monkeypatch):
+    module = randomised(MultiScaleSS2D(16)).double()
+    calls = spy(monkeypatch, 'ms2d_branch', call_through=False)
+    with torch.no_grad():
+        module(torch.randn(1, 5, 5, 16, dtype=torch.float64))
+    assert not calls
+
+
+def test_tracing_records_the_unfused_ops(monkeypatch):
+    """FLOP counters trace the model (torch.jit.trace): they must see the plain ops."""
+    module = randomised(MultiScaleSS2D(16))
+    calls = spy(monkeypatch, 'ms2d_branch', call_through=False)
+    with torch.no_grad():
+        torch.jit.trace(module, torch.randn(1, 6, 6, 16), check_trace=False)
+    assert not calls
+
+
+@pytest.mark.parametrize('channels, hidden, size, batch', [
+    (32, 64, (9, 11), 2),
+    (20, 40, (5, 7), 1),   # 40 channels: a partial 16-float vector
+    (8, 200, (1, 1), 3),   # 1x1 map: every tap but the centre is padding
+    (16, 16, (2, 30), 1),
+])
+def test_convffn_fused_matches_unfused(channels, hidden, size, batch, monkeypatch):
+    torch.manual_seed(0)
+    module = ConvFFN(channels, hidden)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    module.eval()
+    x = torch.randn(batch, *size, channels)
+    calls = spy(monkeypatch, 'convffn_dwconv_gelu')
+    with torch.no_grad():
+        monkeypatch.setenv(cpu_fused.ENV_FUSED, '0')
+        unfused = module(x)
+        monkeypatch.setenv(cpu_fused.ENV_FUSED, '1')
+        fused = module(x)
+    assert len(calls) == 1
+    assert_close(fused, unfused)
