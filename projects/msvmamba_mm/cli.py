@@ -14,6 +14,7 @@ from typing import Callable, List, Optional, Tuple
 from mmengine.config import Config, ConfigDict, DictAction
 
 from . import distributed
+from .checkpoints import POINTER_NAME
 from .datasets import check_dataset_paths, check_pretrained
 from .errors import UserError
 from .scopes import Scope, scope_of
@@ -60,6 +61,10 @@ def train_parser() -> argparse.ArgumentParser:
         ('--auto-scale-lr', dict(action='store_true',
                                  help='scale the learning rate by total batch size / '
                                  'auto_scale_lr.base_batch_size of the config')),
+        ('--check-data', dict(action='store_true',
+                              help='first decode every image and check every annotation '
+                              'of the train (and val) data, as tools/misc/check_dataset.py '
+                              'does; do not start on any problem')),
     ))
 
 
@@ -117,6 +122,27 @@ def _set_resume(cfg: Config, resume: Optional[str]) -> None:
     cfg.load_from = resume
 
 
+def _resume_after_elastic_restart(cfg: Config) -> None:
+    """Under torchrun with --max-restarts (MAX_RESTARTS=N tools/dist_train.sh), a restarted
+    group resumes from the work dir's latest checkpoint (the checkpoint hook falls back to
+    the newest valid one) instead of starting over; with no checkpoint yet it starts as the
+    first attempt did."""
+    restart = os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')
+    if restart in ('', '0'):
+        return
+    from mmengine.logging import print_log
+    found = osp.isfile(osp.join(cfg.work_dir, POINTER_NAME))
+    if os.environ.get('RANK', '0') == '0':
+        print_log(f'torchrun restart {restart}: ' + (
+            f'resuming from the latest checkpoint in {cfg.work_dir} (--resume)' if found else
+            f'no checkpoint in {cfg.work_dir} yet, starting from the beginning'),
+            logger='current')
+    if not found:
+        return
+    cfg.resume = True
+    cfg.load_from = None
+
+
 def _set_amp(cfg: Config) -> None:
     if not distributed.has_accelerator():
         raise UserError('--amp needs a GPU (or NPU/MLU/MUSA device); none is available, '
@@ -135,12 +161,14 @@ def _set_auto_scale_lr(cfg: Config) -> None:
     auto_scale_lr.enable = True
 
 
+def _train_splits(cfg: Config) -> List[str]:
+    """'train', and 'val' when the run validates."""
+    return ['train'] + (['val'] if cfg.get('val_cfg') and cfg.get('val_dataloader') else [])
+
+
 def _check_train_files(cfg: Config) -> None:
     """The datasets, the backbone's pretrained weights and ``load_from`` exist."""
-    loaders = ['train_dataloader']
-    if cfg.get('val_cfg') and cfg.get('val_dataloader'):
-        loaders.append('val_dataloader')
-    check_dataset_paths(cfg, loaders)
+    check_dataset_paths(cfg, [f'{split}_dataloader' for split in _train_splits(cfg)])
     check_pretrained(cfg)
     load_from = cfg.get('load_from')
     if load_from and _is_local(load_from) and not osp.isfile(load_from):
@@ -150,6 +178,7 @@ def _check_train_files(cfg: Config) -> None:
 def prepare_train_config(cfg: Config, args: argparse.Namespace) -> Config:
     _set_work_dir(cfg, args)
     _set_resume(cfg, args.resume)
+    _resume_after_elastic_restart(cfg)
     if args.amp:
         _set_amp(cfg)
     if args.auto_scale_lr:
@@ -243,10 +272,31 @@ def run_main(main: Callable[[Optional[List[str]]], None],
     return 0
 
 
+def _check_data(cfg: Config, scope: Scope, launcher: str) -> None:
+    """``--check-data``. In a distributed run each process checks its share of the
+    samples, with no communication: one that finds a problem exits and its launcher
+    (torchrun, srun --kill-on-bad-exit) stops the others."""
+    from mmengine.registry import init_default_scope
+    from .dataset_check import check_datasets, default_workers
+    shard, workers = (0, 1), default_workers()
+    if launcher != 'none':
+        distributed.export_rank_env(launcher)
+        shard, workers = (int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])), 0
+    scope.register_modules()
+    init_default_scope(scope.name)
+    problems = check_datasets(cfg, scope.name, _train_splits(cfg), workers, shard)
+    if problems:
+        raise UserError(f'--check-data: {len(problems)} problem(s) in the data, listed '
+                        'above; fix or remove those samples before training (python '
+                        'tools/misc/check_dataset.py CONFIG lists them without training)')
+
+
 def _train(argv: Optional[List[str]]) -> None:
     args = train_parser().parse_args(argv)
     cfg, scope = _load(args)
     prepare_train_config(cfg, args)
+    if args.check_data:
+        _check_data(cfg, scope, args.launcher)
     _start(cfg, scope, args.launcher).train()
 
 

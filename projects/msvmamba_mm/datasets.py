@@ -15,14 +15,14 @@ def _is_remote(path: str) -> bool:
     return '://' in path
 
 
-def _leaf_datasets(dataset_cfg) -> List[dict]:
+def leaf_datasets(dataset_cfg) -> List[dict]:
     """The datasets inside wrappers (RepeatDataset, ConcatDataset, ...)."""
     if dataset_cfg is None:
         return []
     if 'datasets' in dataset_cfg:
-        return [d for sub in dataset_cfg['datasets'] for d in _leaf_datasets(sub)]
+        return [d for sub in dataset_cfg['datasets'] for d in leaf_datasets(sub)]
     if 'dataset' in dataset_cfg:
-        return _leaf_datasets(dataset_cfg['dataset'])
+        return leaf_datasets(dataset_cfg['dataset'])
     return [dataset_cfg]
 
 
@@ -60,7 +60,7 @@ def check_dataset_paths(cfg, loaders: Iterable[str]) -> None:
         loader_cfg = cfg.get(loader)
         if not loader_cfg:
             continue
-        for dataset in _leaf_datasets(loader_cfg.get('dataset')):
+        for dataset in leaf_datasets(loader_cfg.get('dataset')):
             if dataset.get('backend_args') or dataset.get('file_client_args'):
                 continue  # read through a storage backend (petrel, http, ...)
             for what, path in _paths(dataset):

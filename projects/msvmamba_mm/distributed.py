@@ -63,7 +63,7 @@ def _first_slurm_host(node_list: str) -> str:
     return out[0]
 
 
-def _export_rank_env(launcher: str) -> None:
+def export_rank_env(launcher: str) -> None:
     """Fill RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* for ``init_process_group('env://')``
     from what the launcher provides (the variables mmengine's init_dist reads)."""
     env = os.environ
@@ -99,7 +99,7 @@ def _export_rank_env(launcher: str) -> None:
 
 def init_cpu_process_group(launcher: str, timeout_s: Optional[float] = None) -> None:
     """Initialise a gloo process group for ``launcher`` (pytorch, slurm or mpi)."""
-    _export_rank_env(launcher)
+    export_rank_env(launcher)
     kwargs = {}
     if timeout_s is not None:
         kwargs['timeout'] = datetime.timedelta(seconds=timeout_s)
@@ -147,7 +147,7 @@ def setup_launcher(cfg, launcher: str) -> None:
         # mmengine's own path (init_dist + MMDistributedDataParallel); only check the
         # launcher's environment so that a wrong start fails with a clear message
         if launcher == 'pytorch':
-            _export_rank_env(launcher)
+            export_rank_env(launcher)
         return
     env_cfg = cfg.setdefault('env_cfg', {})
     dist_cfg = env_cfg.setdefault('dist_cfg', {})
