@@ -26,17 +26,34 @@ need_args() {
 }
 
 # torchrun_tool NPROC TOOL ARGS...: NPROC processes of tools/TOOL on this node.
-# Environment: NNODES (1), NODE_RANK (0), MASTER_ADDR (127.0.0.1), PORT (29500), PYTHON.
+# Environment: NNODES (1), NODE_RANK (0), MASTER_ADDR (127.0.0.1), PORT (29500), PYTHON,
+# MAX_RESTARTS (0): how often torchrun restarts all processes after one fails or is
+# killed; a restarted training run resumes from the work dir's latest checkpoint.
 torchrun_tool() {
-  local nproc=$1 tool=$2
+  local nproc=$1 tool=$2 restarts=${MAX_RESTARTS:-0}
   shift 2
   if ! [[ "$nproc" =~ ^[1-9][0-9]*$ ]]; then
     echo "error: GPUS must be a number of processes (1, 2, ...), got '$nproc'" >&2
     exit 2
   fi
+  if ! [[ "$restarts" =~ ^[0-9]+$ ]]; then
+    echo "error: MAX_RESTARTS must be a number of restarts (0, 1, ...), got '$restarts'" >&2
+    exit 2
+  fi
+  local rendezvous=(--master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="${PORT:-29500}")
+  if [ "$restarts" -gt 0 ]; then
+    # The processes find each other through a key-value store. torchrun's own store
+    # outlives a restart: a restarted process can read the gloo/NCCL address of a killed
+    # one from it and fail to connect, or hang (seen with torch 2.14). So with restarts
+    # the rendezvous is c10d and each start of the processes gets a store of its own
+    # (hosted by rank 0 on a free port). Node ranks are then assigned by the rendezvous.
+    rendezvous=(--rdzv-backend=c10d
+                --rdzv-endpoint="${MASTER_ADDR:-127.0.0.1}:${PORT:-29500}")
+    export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
+  fi
   exec "$PYTHON" -m torch.distributed.run \
-    --nnodes="${NNODES:-1}" --node_rank="${NODE_RANK:-0}" \
-    --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="${PORT:-29500}" \
+    --nnodes="${NNODES:-1}" --node_rank="${NODE_RANK:-0}" "${rendezvous[@]}" \
+    --max-restarts="$restarts" \
     --nproc_per_node="$nproc" "$TOOLS_DIR/$tool" "$@" --launcher pytorch
 }
 
