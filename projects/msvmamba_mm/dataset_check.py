@@ -280,60 +280,71 @@ class SplitDataset:
     problems: List[Problem] = field(default_factory=list)  # found while loading
 
 
+class _RawCocoCheck:
+    """Stands in for a dataset's ``parse_data_info`` while it loads: checks the raw
+    annotations of each image of a COCO-style file (mmdet's ``CocoDataset`` drops boxes
+    outside the image, boxes under 1 px and unknown category ids without a word), then
+    parses as before."""
+
+    def __init__(self, dataset):
+        self.dataset, self.parse = dataset, dataset.parse_data_info
+        self.problems: List[Problem] = []
+        self.checked = False  # whether the file was COCO-style
+
+    def __call__(self, raw_data_info):
+        info = self.parse(raw_data_info)
+        if isinstance(raw_data_info, dict) and 'raw_ann_info' in raw_data_info:
+            self.checked = True
+            name = info.get('img_path') if isinstance(info, dict) else None
+            self.problems += _coco_annotation_problems(
+                raw_data_info, self.dataset.coco.cats,
+                str(name or raw_data_info['raw_img_info'].get('file_name')))
+        return info
+
+
 def _build_leaf(dataset_cfg: dict, where: str, kind: str) -> SplitDataset:
-    """Build ``dataset_cfg`` (a leaf dataset) with an empty pipeline; problems of its
-    annotation file are recorded, a dataset the registry cannot build is a UserError."""
+    """Build and load ``dataset_cfg`` (a leaf dataset) with an empty pipeline. A dataset
+    the registry cannot build is a UserError; an annotation file that cannot be loaded
+    is a problem of the returned entry (whose ``dataset`` is then None)."""
     from mmengine.registry import DATASETS
     pipeline = dataset_cfg.get('pipeline') or []
-    load_image, load_ann = _transform(pipeline, 'LoadImageFromFile'), \
-        _transform(pipeline, 'LoadAnnotations')
-    cfg = dict(dataset_cfg, pipeline=[], lazy_init=True)
-    name = f'{where} ({cfg.get("type")})'
+    load_image = _transform(pipeline, 'LoadImageFromFile')
+    load_ann = _transform(pipeline, 'LoadAnnotations')
+    name = f'{where} ({dataset_cfg.get("type")})'
     try:
-        dataset = DATASETS.build(cfg)
+        dataset = DATASETS.build(dict(dataset_cfg, pipeline=[], lazy_init=True))
     except Exception as e:  # unknown type, wrong arguments: the config is wrong
         raise UserError(f'cannot build {where} of the config: {type(e).__name__}: '
                         f'{str(e).splitlines()[0] if str(e) else ""}') from e
-    entry = SplitDataset(name, dataset, SampleChecker(kind))
-    raw_problems = []
-    parse = getattr(dataset, 'parse_data_info', None)
     if kind == 'mmseg' and load_ann.get('reduce_zero_label') not in (
             None, getattr(dataset, 'reduce_zero_label', None)):
         raise UserError(f'{where}: the pipeline\'s LoadAnnotations has reduce_zero_label='
                         f'{load_ann["reduce_zero_label"]}, the dataset '
                         f'{dataset.reduce_zero_label} (mmseg stops on this mismatch); set '
                         'it on the dataset only')
-    if kind == 'mmdet' and parse is not None:
-        def parse_and_check(raw_data_info):  # sees the raw COCO annotations mmdet filters
-            info = parse(raw_data_info)
-            if isinstance(raw_data_info, dict) and 'raw_ann_info' in raw_data_info:
-                name = info.get('img_path') if isinstance(info, dict) else None
-                raw_problems.append(_coco_annotation_problems(
-                    raw_data_info, getattr(dataset, 'coco').cats,
-                    str(name or raw_data_info['raw_img_info'].get('file_name'))))
-            return info
-        dataset.parse_data_info = parse_and_check
+    raw_check = None
+    if kind == 'mmdet' and hasattr(dataset, 'parse_data_info'):
+        raw_check = dataset.parse_data_info = _RawCocoCheck(dataset)
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools' loading messages
             dataset.full_init()
     except Exception as e:  # a missing or malformed annotation file, an image folder...
         ann_file = getattr(dataset, 'ann_file', '') or name
-        entry.problems.append(Problem(str(ann_file), f'the dataset cannot be loaded: '
-                                      f'{type(e).__name__}: {str(e).splitlines()[0]}'))
-        entry.dataset = None
-        return entry
-    if parse is not None and 'parse_data_info' in vars(dataset):
-        del dataset.parse_data_info
-    entry.problems += [p for found in raw_problems for p in found]
+        return SplitDataset(name, None, SampleChecker(kind), [Problem(
+            str(ann_file), f'the dataset cannot be loaded: {type(e).__name__}: '
+            f'{str(e).splitlines()[0] if str(e) else ""}')])
+    finally:
+        if raw_check is not None:
+            del dataset.parse_data_info  # the class's method again
     classes = (dataset.metainfo or {}).get('classes')
-    entry.checker = SampleChecker(
+    checker = SampleChecker(
         kind, num_classes=len(classes) if classes else None,
         backend_args=load_image.get('backend_args') or getattr(dataset, 'backend_args',
                                                                   None),
-        check_instances=not raw_problems,
+        check_instances=not (raw_check and raw_check.checked),
         with_mask=bool(load_ann.get('with_mask', False)),
         ignore_index=getattr(dataset, 'ignore_index', 255))
-    return entry
+    return SplitDataset(name, dataset, checker, raw_check.problems if raw_check else [])
 
 
 def build_split(cfg, split: str, kind: str) -> List[SplitDataset]:

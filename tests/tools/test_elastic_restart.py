@@ -90,10 +90,12 @@ def test_dist_train_sh_passes_max_restarts():
                               env=dict(os.environ, PYTHON='echo', MAX_RESTARTS=restarts),
                               capture_output=True, text=True, timeout=60)
 
+    run = launch('0')  # torchrun's default rendezvous, as before MAX_RESTARTS
+    assert ' --master_port=' in run.stdout and ' --max-restarts=0 ' in run.stdout
     run = launch('3')
     assert run.returncode == 0, run.stderr
-    assert ' --max-restarts=3 ' in run.stdout and run.stdout.rstrip().endswith(
-        'c.py --resume --launcher pytorch')
+    assert ' --rdzv-backend=c10d ' in run.stdout and ' --max-restarts=3 ' in run.stdout
+    assert run.stdout.rstrip().endswith('c.py --resume --launcher pytorch')
     run = launch('three')
     assert run.returncode == 2
     assert run.stderr.strip() == ("error: MAX_RESTARTS must be a number of restarts "
