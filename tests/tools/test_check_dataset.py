@@ -105,12 +105,13 @@ def test_clean_datasets_have_no_problems(workspace, tool_configs, monkeypatch):
 
 
 def test_tool_lists_problems_and_exits_1(broken, tool_configs, tool_runner):
-    run = tool_runner(broken)('misc/check_dataset.py', tool_configs['det'], '--splits',
-                              'val', '--workers', '2')
+    run = tool_runner(broken)('misc/check_dataset.py', tool_configs['det'], '--workers', '2')
     assert run.rc == 1, run.out[-3000:]
+    assert f'  {COCO}/train2017/000001.jpg: image cannot be decoded (image file is ' \
+        'truncated' in run.out
     assert f'  {COCO}/val2017/000001.jpg: image file not found\n' in run.out
-    assert '] 2/2, ' in run.out  # the progress bar
-    assert run.out.rstrip().endswith('1 problem(s) in 1 file(s)')
+    assert '] 4/4, ' in run.out and '] 2/2, ' in run.out  # the progress bars
+    assert run.out.rstrip().endswith('6 problem(s) in 5 file(s)')
 
 
 def test_train_check_data_refuses_to_start(broken, tool_configs, monkeypatch, capsys):
