@@ -4,7 +4,7 @@ Two gloo processes train a small ResNet classifier (the tests' tiny ImageNet con
 8-channel stages) for 4 iterations with a checkpoint every 2. Rank 1 SIGKILLs itself after
 iteration 3, once (a marker file remembers it); torchrun restarts both processes, which
 resume from iter_2.pth without anyone acting (projects/msvmamba_mm/cli.py) and finish.
-On the restart rank 0 starts 3 s late: with torchrun's default rendezvous the restarted
+On the restart rank 0 starts 2 s late: with torchrun's default rendezvous the restarted
 rank 1 then read the killed rank 0's address from the store and the run hung (torch 2.14);
 tools/_launch.sh gives every start a store of its own. The run also passes
 ``--check-data``, so each process checks its half of the training images on every start.
@@ -41,7 +41,7 @@ class KillWorkerOnceHook(Hook):
 
 if os.environ.get('TORCHELASTIC_RESTART_COUNT') == '1' and os.environ.get('RANK') == '0':
     import time
-    time.sleep(3)
+    time.sleep(2)
 '''
 CONFIG = '''
 _base_ = {base!r}
