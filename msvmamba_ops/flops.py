@@ -54,8 +54,24 @@ def scan_activation_jit(inputs: List[Any], outputs: List[Any]) -> int:
     return count
 
 
+def attention_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
+    """Handle for ``aten::scaled_dot_product_attention`` (mmpretrain's ViT/DeiT attention),
+    which mmengine does not count: q·kᵀ and the weighted sum of v, L·S·(E + Ev) per batch
+    and head, as the explicit matmuls of windowed attention (Swin) are counted."""
+    q, k, v = (_sizes(value) for value in inputs[:3])
+    if q is None or k is None or v is None:
+        raise ValueError('scaled_dot_product_attention: cannot count FLOPs without shapes')
+    batch = 1
+    for s in q[:-2]:
+        batch *= s
+    return batch * q[-2] * k[-2] * (q[-1] + v[-1])
+
+
 # Pass to FlopAnalyzer(...).set_op_handle(**MSVMAMBA_FLOP_HANDLES) (and the activation ones to
-# ActivationAnalyzer). The backward op never appears in a forward trace.
-MSVMAMBA_FLOP_HANDLES = {SCAN_OP: scan_flop_jit}
+# ActivationAnalyzer). The backward op never appears in a forward trace. Fused attention is
+# counted too, so that the backbones compare_backbones.py sets beside MSVMamba are counted
+# whole by the same counter.
+MSVMAMBA_FLOP_HANDLES = {SCAN_OP: scan_flop_jit,
+                         'aten::scaled_dot_product_attention': attention_flop_jit}
 MSVMAMBA_ACTIVATION_HANDLES = {SCAN_OP: scan_activation_jit}
 

@@ -552,10 +552,10 @@ def _measure(results: dict, chosen: List[Candidate], sizes, threads: int,
                 _measure_memory(row, built[candidate.name], shape, device, amp, threads,
                                 train, progress)
                 if mem_budget and (row['peak_mem_mb'] or 0) > mem_budget:
+                    # this size ran (in the child); the larger ones are not run
                     over_budget = (f'not run: peak memory {row["peak_mem_mb"]:.0f} MB at '
                                    f'{shape_label(shape)} is over --mem-budget '
                                    f'{mem_budget:.0f} MB')
-                    row['reason'] = over_budget.replace('not run: ', '')
             progress.update()
     torch.set_num_threads(threads)
     results['machine']['yardstick_gflops'].append(round(timing.matmul_gflops(device), 1))

@@ -130,3 +130,21 @@ def test_fitted_exponent_of_a_power_law():
     pixels = [224**2, 448**2, 896**2]
     assert fit_exponent(pixels, [3 * p**1.5 for p in pixels]) == pytest.approx(1.5)
     assert fit_exponent(pixels[:1], [1.0]) is None
+
+
+def test_fused_attention_is_counted():
+    """The shared counter counts aten::scaled_dot_product_attention (DeiT's attention in
+    mmpretrain), q·kᵀ and the weighted sum of v, as the explicit matmuls of windowed
+    attention are counted: without it a global-attention model would look linear."""
+    import torch
+    import torch.nn.functional as F
+    from mmengine.analysis import FlopAnalyzer
+    from msvmamba_ops.flops import MSVMAMBA_FLOP_HANDLES
+
+    class Attention(torch.nn.Module):
+        def forward(self, q):
+            return F.scaled_dot_product_attention(q, q[:, :, :5], q[:, :, :5, :3])
+
+    analyzer = FlopAnalyzer(Attention(), (torch.randn(2, 4, 7, 8), ))
+    analyzer.set_op_handle(**MSVMAMBA_FLOP_HANDLES).unsupported_ops_warnings(False)
+    assert analyzer.total() == 2 * 4 * 7 * 5 * (8 + 3)
