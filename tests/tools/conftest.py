@@ -1,6 +1,7 @@
-"""Fixtures for the tests of tools/: tiny datasets on disk, a runner for the tools as
-subprocesses, and session-wide training runs that several tests reuse (each run costs
-seconds of CPU, so every model is trained once)."""
+"""Fixtures for the tests of tools/: the stock ResNet-18 test configs (./configs) and a
+folder with their tiny datasets, and a runner for the tools as subprocesses in it. The
+end-to-end runs (train -> resume -> test) go through the ``e2e`` helper of
+tests/conftest.py."""
 import os.path as osp
 
 import pytest
@@ -12,7 +13,7 @@ CONFIGS = {
     'seg': osp.join(CONFIG_DIR, 'upernet_r18_tiny-ade20k.py'),
     'cls': osp.join(CONFIG_DIR, 'resnet18_tiny-imagenet.py'),
 }
-# `tiny`, `free_port` and `tool_runner` (the subprocess runner): tests/conftest.py
+# `tiny`, `free_port`, `tool_runner` (the subprocess runner), `e2e`: tests/conftest.py
 
 
 @pytest.fixture(scope='session')
@@ -37,29 +38,3 @@ def run_tool(workspace, tool_runner):
     """``run_tool(script, *args, env=None, timeout=300)``: run ``tools/<script>`` (a .py
     with this interpreter, a .sh with bash) in the workspace; returns a ToolRun."""
     return tool_runner(workspace)
-
-
-# trained by tools/dist_train.sh with 2 processes (gloo): the distributed path on a CPU,
-# with the SyncBN layers of the UperNet, at the cost of one run
-DIST_KINDS = {'seg'}
-
-
-@pytest.fixture(scope='session')
-def trained(run_tool, workspace):
-    """``trained(kind)``: (work dir, ToolRun) of a 2-iteration training run of
-    CONFIGS[kind] (checkpoints iter_1.pth and iter_2.pth), run once per session:
-    ``tools/train.py``, or ``tools/dist_train.sh CONFIG 2`` for DIST_KINDS."""
-    done = {}
-
-    def get(kind):
-        if kind not in done:
-            work_dir = workspace / f'train_{kind}'
-            if kind in DIST_KINDS:
-                # tool_runner gives the launch script a free PORT
-                run = run_tool('dist_train.sh', CONFIGS[kind], 2, '--work-dir', work_dir)
-            else:
-                run = run_tool('train.py', CONFIGS[kind], '--work-dir', work_dir)
-            done[kind] = (work_dir, run.check())
-        return done[kind]
-
-    return get

@@ -1,118 +1,81 @@
-"""tools/train.py, tools/test.py and the launch scripts end to end on the CPU, as
-subprocesses, with stock mmdet / mmseg / mmpretrain models on tiny on-disk datasets.
-
-Every training run is 2 iterations with one validation; the session fixture `trained`
-trains each model once (the UperNet with tools/dist_train.sh, 2 processes) and the tests
-below share those runs."""
+"""The scripts end to end on the CPU, as subprocesses, through the one end-to-end helper
+(``e2e``, tests/conftest.py) on the tiny MSVMamba-Nano configs: tools/train.py and
+tools/test.py; the launch scripts with 2 processes (the one distributed test); slurm_test.sh.
+Every config's train -> resume -> test runs in-process in tests/configs/test_configs_e2e.py;
+the packages' own tools and mim in test_ecosystem_tools.py."""
 import os
 import pickle
 import re
-import shutil
 import stat
 
 import pytest
-import torch
 
-import projects.msvmamba_mm  # noqa: F401  (torch.load of mmengine checkpoints)
-
-KINDS = ('det', 'seg', 'cls')
 VAL_METRIC = {'det': 'coco/segm_mAP', 'seg': 'mIoU', 'cls': 'accuracy/top1'}
 
 
-def _train_iters(out):
-    """Training iterations logged by mmengine's LoggerHook ('Iter(train) [i/n]')."""
-    return [int(i) for i in re.findall(r'Iter\(train\) \[\s*(\d+)/', out)]
+def _train_epochs(out):
+    """Epochs whose training iterations mmengine's LoggerHook logged."""
+    return [int(i) for i in re.findall(r'Epoch\(train\) \[(\d+)\]\[', out)]
 
 
-@pytest.mark.parametrize('kind', KINDS)
-def test_train_saves_checkpoints_and_validates(trained, kind):
-    work_dir, run = trained(kind)
-    assert _train_iters(run.out) == [1, 2]
-    assert VAL_METRIC[kind] in run.out
-    for name in ('iter_1.pth', 'iter_2.pth', 'last_checkpoint'):
-        assert (work_dir / name).is_file(), name
-    ckpt = torch.load(work_dir / 'iter_2.pth')
-    assert ckpt['meta']['iter'] == 2
+@pytest.fixture(scope='module')
+def scripts_run(e2e_root, tmp_path_factory, tiny_config, script_tools, e2e):
+    """(folder, config, E2ERun) of Mask R-CNN-Nano (its real depths) through tools/train.py
+    (validating after each epoch; ``--resume CKPT``) and tools/test.py with --out and
+    --show-dir."""
+    folder = tmp_path_factory.mktemp('scripts_e2e')
+    config = tiny_config(folder, 'det')
+    run = e2e(script_tools(e2e_root), config, folder, 'det',
+              train_args=['--cfg-options', 'train_cfg.val_begin=1'],
+              test_args=['--out', folder / 'results.pkl', '--show-dir', folder / 'show'])
+    return folder, config, run
 
 
-@pytest.mark.parametrize('kind', KINDS)
-def test_resume_continues_with_optimizer_and_scheduler_state(trained, run_tool, workspace,
-                                                             kind, tool_configs):
-    work_dir, _ = trained(kind)
-    resume_dir = workspace / f'resume_{kind}'
-    if kind == 'cls':  # `--resume` alone: the latest checkpoint recorded in the work dir
-        resume_dir.mkdir()
-        shutil.copy(work_dir / 'iter_1.pth', resume_dir)
-        (resume_dir / 'last_checkpoint').write_text(str(resume_dir / 'iter_1.pth'))
-        args = ['--resume']
-    else:
-        args = ['--resume', work_dir / 'iter_1.pth']
-    run = run_tool('train.py', tool_configs[kind], '--work-dir', resume_dir,
-                   *args).check()
-    assert 'resumed epoch: 0, iter: 1' in run.out
-    assert _train_iters(run.out) == [2]  # only the iteration after the checkpoint
-    reference = torch.load(work_dir / 'iter_2.pth')
-    resumed = torch.load(resume_dir / 'iter_2.pth')
-    assert resumed['meta']['iter'] == 2
-    assert resumed['param_schedulers'] == reference['param_schedulers']
-    groups = resumed['optimizer']['param_groups']
-    assert [g['lr'] for g in groups] == [g['lr'] for g in reference['optimizer']['param_groups']]
-    steps = {float(s['step']) for s in resumed['optimizer']['state'].values()}
-    assert steps == {2.0}  # AdamW state carried over from iteration 1
+def test_train_resume_and_test_scripts(scripts_run, dump_and_drawings):
+    folder, _, run = scripts_run
+    train, resume, test = run.outputs
+    assert _train_epochs(train) == [1] and VAL_METRIC['det'] in train
+    assert 'resumed epoch: 1, iter: 1' in resume
+    assert _train_epochs(resume) == [2] and VAL_METRIC['det'] in resume
+    assert run.last['meta']['epoch'] == 2
+    # message hub: 0-based index of the last iteration / epoch run
+    assert (run.last['message_hub']['runtime_info']['iter'],
+            run.last['message_hub']['runtime_info']['epoch']) == (1, 1)
+    assert VAL_METRIC['det'] in test
+    dump_and_drawings(folder / 'results.pkl', folder / 'show', num_images=2)
 
 
-def _check_dump_and_drawings(out, show, num_images):
-    with open(out, 'rb') as f:
-        assert len(pickle.load(f)) == num_images
-    drawn = [f for _, _, files in os.walk(show) for f in files
-             if f.endswith(('.png', '.jpg'))]
-    assert len(drawn) == num_images, f'{len(drawn)} images drawn in {show}'
+def test_launch_scripts_two_processes(e2e_root, tmp_path, tiny_config, script_tools, e2e):
+    """tools/dist_train.sh and tools/dist_test.sh with 2 processes (torchrun, gloo): the
+    one distributed test. UperNet-Nano: the CPU DDP wrapper; its SyncBN layers run as BN;
+    parameters and gradients share one layout (DDP copies no gradient into its buckets);
+    the checkpoints hold the bare model (no DDP prefix); dist_test gathers both ranks'
+    results in dataset order."""
+    config = tiny_config(tmp_path, 'seg')
+    out = tmp_path / 'results.pkl'
+    tools = script_tools(e2e_root, 'dist_train.sh', 'dist_test.sh', nproc=2)
+    run = e2e(tools, config, tmp_path, 'seg', resume='auto', test_args=['--out', out])
+    train, resume, test = run.outputs
+    for output in run.outputs:
+        assert 'Distributed training: True' in output and 'GPU number: 2' in output
+        assert "'backend': 'gloo'" in output
+    for output in (train, resume):
+        assert "type='CPUCapableDDP'" in output and 'its SyncBN layers run as BN' in output
+        assert 'Grad strides do not match bucket view strides' not in output
+    assert 'resumed epoch: 0, iter: 1' in resume
+    assert not any(k.startswith('module.') for k in run.last['state_dict'])
+    assert any(k.startswith('decode_head.') for k in run.last['state_dict'])
+    with open(out, 'rb') as f:  # 2 val images, one per rank, gathered over gloo
+        tested = [os.path.basename(r['img_path']) for r in pickle.load(f)]
+    assert tested == sorted(os.listdir(e2e_root / 'data/tiny_ade20k/images/validation'))
 
 
-@pytest.mark.parametrize('kind,tta', [('det', False), ('seg', True)])
-def test_test_tool_evaluates_dumps_and_draws(trained, run_tool, workspace, tool_configs,
-                                            kind, tta):
-    work_dir, _ = trained(kind)
-    out, show = workspace / f'{kind}_results.pkl', workspace / f'{kind}_show'
-    run = run_tool('test.py', tool_configs[kind], work_dir / 'iter_2.pth',
-                   '--work-dir', workspace / f'test_{kind}', '--out', out,
-                   '--show-dir', show, *(['--tta'] if tta else [])).check()
-    assert VAL_METRIC[kind] in run.out
-    if tta:  # the config the Runner ran wraps the model in the config's tta_model
-        assert "type='SegTTAModel'" in run.out
-    _check_dump_and_drawings(out, show, num_images=2)
-
-
-def test_dist_train_two_processes_on_cpu(trained):
-    """tools/dist_train.sh (torchrun, 2 processes): gloo and the CPU DDP wrapper are
-    chosen, the UperNet's SyncBN layers run as BN (the run itself: `trained('seg')`)."""
-    _, run = trained('seg')
-    assert 'Distributed training: True' in run.out and 'GPU number: 2' in run.out
-    assert "'backend': 'gloo'" in run.out and "type='CPUCapableDDP'" in run.out
-    assert 'its SyncBN layers run as BN' in run.out
-
-
-def test_dist_test_two_processes_gathers_all_results(trained, run_tool, workspace,
-                                                     tool_configs, free_port):
-    work_dir, _ = trained('cls')
-    out = workspace / 'cls_dist_results.pkl'
-    run = run_tool('dist_test.sh', tool_configs['cls'], work_dir / 'iter_2.pth', 2,
-                   '--work-dir', workspace / 'dist_test_cls', '--out', out,
-                   env=dict(PORT=str(free_port))).check()
-    assert 'GPU number: 2' in run.out and VAL_METRIC['cls'] in run.out
-    with open(out, 'rb') as f:
-        results = pickle.load(f)
-    # 6 val images split over the 2 ranks, gathered (over gloo) in dataset order
-    assert sorted(r['sample_idx'] for r in results) == list(range(6))
-
-
-def test_slurm_test_sh_runs_test_py(trained, run_tool, workspace, free_port, tool_configs):
+def test_slurm_test_sh_runs_test_py(scripts_run, tool_runner, free_port, e2e_root, tmp_path):
     """slurm_test.sh (launcher slurm, gloo) with a stand-in `srun` that runs its command
-    as task 0 of 1; test.py with --out and --show-dir on the classifier."""
-    work_dir, _ = trained('cls')
-    bin_dir = workspace / 'fake_slurm_bin'
-    bin_dir.mkdir(exist_ok=True)
-    srun = bin_dir / 'srun'
+    as task 0 of 1, on the checkpoint of the scripts' run."""
+    _, config, run = scripts_run
+    srun = tmp_path / 'bin' / 'srun'
+    srun.parent.mkdir()
     srun.write_text(
         '#!/usr/bin/env bash\n'
         'echo "srun $*" > "$SRUN_LOG"\n'
@@ -121,17 +84,15 @@ def test_slurm_test_sh_runs_test_py(trained, run_tool, workspace, free_port, too
         'SLURM_PROCID=0 SLURM_NTASKS=1 SLURM_LOCALID=0 SLURM_NODELIST=localhost '
         'MASTER_ADDR=127.0.0.1 exec "$@"\n')
     srun.chmod(srun.stat().st_mode | stat.S_IEXEC)
-    log, out, show = (workspace / 'srun.log', workspace / 'cls_results.pkl',
-                      workspace / 'cls_show')
-    run = run_tool('slurm_test.sh', 'part1', 'job1', tool_configs['cls'],
-                   work_dir / 'iter_2.pth', '--work-dir', workspace / 'slurm_test',
-                   '--out', out, '--show-dir', show,
-                   env=dict(PATH=f'{bin_dir}:{os.environ["PATH"]}', SRUN_LOG=str(log),
-                            MASTER_PORT=str(free_port), GPUS='1', GPUS_PER_NODE='1',
-                            SRUN_ARGS='--quotatype=auto')).check()
-    assert VAL_METRIC['cls'] in run.out
-    assert 'Distributed launcher: slurm' in run.out and "'backend': 'gloo'" in run.out
-    _check_dump_and_drawings(out, show, num_images=6)
+    log = tmp_path / 'srun.log'
+    slurm = tool_runner(e2e_root)(
+        'slurm_test.sh', 'part1', 'job1', config, run.last_path,
+        '--work-dir', tmp_path / 'slurm_test',
+        env=dict(PATH=f'{srun.parent}:{os.environ["PATH"]}', SRUN_LOG=str(log),
+                 MASTER_PORT=str(free_port), GPUS='1', GPUS_PER_NODE='1',
+                 SRUN_ARGS='--quotatype=auto')).check()
+    assert VAL_METRIC['det'] in slurm.out
+    assert 'Distributed launcher: slurm' in slurm.out and "'backend': 'gloo'" in slurm.out
     srun_cmd = log.read_text()
     for part in ('-p part1', '--job-name=job1', '--ntasks=1', '--quotatype=auto',
                  '--launcher=slurm'):
