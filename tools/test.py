@@ -9,13 +9,9 @@ default_scope).
 Distributed: tools/dist_test.sh (torchrun) or tools/slurm_test.sh. The implementation
 is projects/msvmamba_mm/cli.py.
 """
-import os.path as osp
 import sys
 
-# this checkout's code first, whatever else is installed
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-from projects.msvmamba_mm.cli import test_main  # noqa: E402
+from projects.msvmamba_mm.cli import test_main
 
 if __name__ == '__main__':
     sys.exit(test_main())

@@ -7,13 +7,9 @@
 Distributed: tools/dist_train.sh (torchrun) or tools/slurm_train.sh. The implementation
 is projects/msvmamba_mm/cli.py.
 """
-import os.path as osp
 import sys
 
-# this checkout's code first, whatever else is installed
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-from projects.msvmamba_mm.cli import train_main  # noqa: E402
+from projects.msvmamba_mm.cli import train_main
 
 if __name__ == '__main__':
     sys.exit(train_main())

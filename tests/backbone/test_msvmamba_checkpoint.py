@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import types
 import zipfile
 
 import numpy as np
@@ -55,12 +56,13 @@ def official_file(tmp_path_factory):
     """An upstream-style training checkpoint: 'model' and 'model_ema' weights, optimizer
     state, numpy scalars and a yacs CfgNode, saved while a fake yacs was importable."""
     root = tmp_path_factory.mktemp('official')
-    (root / 'yacs').mkdir()
-    (root / 'yacs' / '__init__.py').write_text('')
-    (root / 'yacs' / 'config.py').write_text(FAKE_YACS)
-    sys.path.insert(0, str(root))
+    # the fake yacs as modules in memory: pickle finds CfgNode under 'yacs.config'
+    package, config_module = types.ModuleType('yacs'), types.ModuleType('yacs.config')
+    exec(FAKE_YACS, config_module.__dict__)
+    package.config = config_module
+    sys.modules.update({'yacs': package, 'yacs.config': config_module})
     try:
-        from yacs.config import CfgNode
+        CfgNode = config_module.CfgNode
         config = CfgNode({'MODEL': CfgNode({'TYPE': 'vssm', 'DROP_PATH_RATE': 0.2}),
                           'TRAIN': CfgNode({'EPOCHS': 300})})
         model, ema = official_state_dict(0), official_state_dict(1)
@@ -72,7 +74,6 @@ def official_file(tmp_path_factory):
         path = root / 'ckpt_epoch_299.pth'
         torch.save(ckpt, path)
     finally:
-        sys.path.remove(str(root))
         for name in [n for n in sys.modules if n == 'yacs' or n.startswith('yacs.')]:
             del sys.modules[name]
     return path, model, ema

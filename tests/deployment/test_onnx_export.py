@@ -1,4 +1,5 @@
-"""ONNX export (tools/deployment/pytorch2onnx.py) and ONNX Runtime parity on the CPU:
+"""ONNX export (tools/deployment/pytorch2onnx.py over projects/msvmamba_mm/deploy.py) and
+ONNX Runtime parity on the CPU:
 Nano and v3-Tiny classification, Nano UperNet segmentation, Nano Mask R-CNN backbone + FPN.
 
 Each model is exported once with dynamic N, H, W (a module-scoped fixture, through the
@@ -9,8 +10,8 @@ is built): max |diff| / max |PyTorch| <= 1e-4. The export traces a small image: 
 graph does not depend on it (the scan's level count is fixed under export), so the
 larger sizes test that the file really is dynamic. Segmentation also runs
 ``tools/infer.py --backend onnxruntime`` against its PyTorch path."""
+import importlib.util
 import os.path as osp
-import sys
 
 import pytest
 import torch
@@ -18,10 +19,22 @@ import torch
 pytest.importorskip('onnxruntime')
 pytest.importorskip('onnxscript')
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, osp.join(REPO, 'tools'))
+from projects.msvmamba_mm import deploy  # noqa: E402
 
-from deployment import pytorch2onnx  # noqa: E402
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+
+def load_tool(relpath: str):
+    """A tool of tools/ as a module, to call its main() in-process."""
+    spec = importlib.util.spec_from_file_location(osp.basename(relpath)[:-3],
+                                                  osp.join(REPO, 'tools', relpath))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+pytorch2onnx = load_tool('deployment/pytorch2onnx.py')
 
 MODELS = {
     'nano_cls': 'configs/msvmamba_n_in1k.py',
@@ -40,7 +53,7 @@ INPUTS = [(1, 224, 224), (1, 97, 131), (3, 64, 96)]
 def _checkpoint(config: str, folder) -> str:
     """Random weights of the config's model, saved as an mmengine-style checkpoint."""
     torch.manual_seed(0)
-    model, _, _ = pytorch2onnx.load_model(osp.join(REPO, config), None)
+    model, _, _ = deploy.load_model(osp.join(REPO, config), None)
     path = str(folder / 'random.pth')
     torch.save({'state_dict': model.state_dict(), 'meta': {}}, path)
     return path
@@ -61,8 +74,8 @@ def exports(tmp_path_factory):
             check = [] if name in TOOL_CHECKED else ['--no-check']
             assert pytorch2onnx.main([config, ckpt, '--out', out, '--dynamic']
                                      + EXPORT_SHAPE + check) == 0
-            model, _, task = pytorch2onnx.load_model(config, ckpt)
-            cache[name] = model, task, pytorch2onnx.ort_session(out), out, ckpt
+            model, _, task = deploy.load_model(config, ckpt)
+            cache[name] = model, task, deploy.ort_session(out), out, ckpt
         return cache[name]
     return get
 
@@ -76,7 +89,7 @@ def exported(request, exports):
 def test_onnxruntime_matches_pytorch(exported, shape):
     model, task, session, _, _ = exported
     x = torch.randn(shape[0], 3, *shape[1:], generator=torch.Generator().manual_seed(1))
-    errors = pytorch2onnx.relative_errors(model, task, session, x)
+    errors = deploy.relative_errors(model, task, session, x)
     assert errors and max(errors.values()) <= 1e-4, errors
 
 
@@ -87,7 +100,7 @@ def test_file_holds_standard_ops_and_metadata(exported):
     domains = {node.domain for node in proto.graph.node}
     assert domains <= {'', 'ai.onnx'}, domains  # no custom-op library
     assert max(o.version for o in proto.opset_import if o.domain in ('', 'ai.onnx')) >= 17
-    meta = pytorch2onnx.read_metadata(path)
+    meta = deploy.read_metadata(path)
     assert meta['task'] == task and meta['input_name'] == proto.graph.input[0].name
     pre = meta['preprocess']
     assert pre['rgb'] is True and len(pre['mean']) == len(pre['std']) == 3
@@ -102,7 +115,7 @@ def test_sliced_adaptive_pool_equals_adaptive_pool():
         for h, w in ((31, 23), (7, 9), (6, 6), (4, 13)):
             part = x[..., :h, :w]
             want = torch.nn.AdaptiveAvgPool2d(size)(part)
-            got = pytorch2onnx.SlicedAdaptiveAvgPool2d(size)(part)
+            got = deploy.SlicedAdaptiveAvgPool2d(size)(part)
             assert got.shape == want.shape
             torch.testing.assert_close(got, want, rtol=0, atol=5e-7)
 
@@ -110,7 +123,7 @@ def test_sliced_adaptive_pool_equals_adaptive_pool():
 def test_exportable_pooling_swaps_and_restores():
     pools = [torch.nn.AdaptiveAvgPool2d(s) for s in (1, 3, (None, 2))]
     model = torch.nn.Sequential(*pools)
-    with pytorch2onnx.exportable_pooling(model):
+    with deploy.exportable_pooling(model):
         kinds = [type(m).__name__ for m in model]
     assert kinds == ['SlicedAdaptiveAvgPool2d', 'SlicedAdaptiveAvgPool2d',
                      'AdaptiveAvgPool2d'], kinds  # None (keep the size) stays as it is
@@ -123,7 +136,7 @@ def test_infer_onnxruntime_segmentation_matches_pytorch(exports, tmp_path):
     test pipeline does)."""
     import mmcv
     import numpy as np
-    import infer
+    infer = load_tool('infer.py')
     _, _, _, onnx_file, ckpt = exports('nano_seg')
     image = str(tmp_path / 'image.png')
     rng = np.random.default_rng(0)

@@ -11,8 +11,6 @@ the file's own metadata, as a deployment would, at their own uneven sizes (512 x
 300 x 451, 400 x 600), resized to 224 x 224, and as one batch of three. Each logits
 tensor must be within 1e-4 (max |diff| / max |PyTorch|) of ``model(x, mode='tensor')``.
 About 1 min on 2 cores (most of it the export)."""
-import os.path as osp
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,11 +19,10 @@ import torch
 pytest.importorskip('onnxruntime')
 pytest.importorskip('onnxscript')
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / 'tools'))
-
 from backbone_utils import assert_checksums, load_seeded, seeded_state_dict  # noqa: E402
-from deployment import pytorch2onnx  # noqa: E402
+from projects.msvmamba_mm import deploy  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
 
 CONFIG = str(REPO / 'configs' / 'msvmamba_t_in1k.py')
 PHOTOS = sorted((REPO / 'tests' / 'data' / 'images').glob('*.jpg'))
@@ -41,9 +38,10 @@ def tiny_export(tmp_path_factory):
     ckpt = str(folder / 'msvmamba_tiny_official.pth')
     torch.save({'model': official}, ckpt)  # the layout of the released files
     out = str(folder / 't.onnx')
-    assert pytorch2onnx.main([CONFIG, ckpt, '--out', out, '--dynamic', '--no-check']) == 0
-    model, _, _ = pytorch2onnx.load_model(CONFIG, ckpt)
-    return model, pytorch2onnx.ort_session(out, threads=2), out
+    # the command above, in-process (its implementation: deploy.export_config)
+    deploy.export_config(CONFIG, ckpt, out, dynamic=True, check=False)
+    model, _, _ = deploy.load_model(CONFIG, ckpt)
+    return model, deploy.ort_session(out, threads=2), out
 
 
 def normalised(path: Path, meta: dict, size=None) -> torch.Tensor:
@@ -66,7 +64,7 @@ def test_photos_are_real_and_uneven():
 
 def test_onnxruntime_matches_pytorch_on_photographs(tiny_export):
     model, session, path = tiny_export
-    meta = pytorch2onnx.read_metadata(path)
+    meta = deploy.read_metadata(path)
     assert meta['task'] == 'classification'
     inputs = {p.stem: normalised(p, meta) for p in PHOTOS}
     assert {tuple(x.shape[2:]) for x in inputs.values()} == {(512, 512), (300, 451),
@@ -77,7 +75,7 @@ def test_onnxruntime_matches_pytorch_on_photographs(tiny_export):
     for name, x in inputs.items():
         # the photographs, not noise: the inputs span the normalised range
         assert x.std() > 0.3 and x.amin() < -1 and x.amax() > 1, name
-        errors[name] = max(pytorch2onnx.relative_errors(model, 'classification', session, x).values())
+        errors[name] = max(deploy.relative_errors(model, 'classification', session, x).values())
     print('max |onnxruntime - pytorch| / max |pytorch|:',
           ', '.join(f'{k} {v:.1e}' for k, v in errors.items()))
     assert max(errors.values()) <= 1e-4, errors

@@ -107,7 +107,6 @@ def _check_nonfinite(ts, kind):
 def _worker():
     """Child process: run every interpreter check, print one JSON line of results."""
     assert os.environ.get('TRITON_INTERPRET') == '1'
-    sys.path.insert(0, REPO)
     from msvmamba_ops import triton_scan as ts
     reason = ts.unavailable_reason('cpu')  # the interpreter runs it on CPU tensors
     results = {'available': None if reason is None else [f'unavailable: {reason}']}
@@ -155,6 +154,7 @@ GPU_CASES = {
 }
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or not HAS_TRITON
                     or os.environ.get('TRITON_INTERPRET') == '1',
                     reason='needs CUDA and compiled triton')

@@ -1,4 +1,5 @@
-"""tools/analysis_tools/get_flops.py reproduces upstream MSVMamba's complexity figures at
+"""tools/analysis_tools/get_flops.py (its counting: projects/msvmamba_mm/analysis.py)
+reproduces upstream MSVMamba's complexity figures at
 224x224 (fvcore counting, scan = 9*B*L*D*N + B*D*L).
 
 Counted here (10-25 s each on a busy 2-core machine): Nano (through its config file and the
@@ -16,6 +17,8 @@ import re
 
 import pytest
 
+from projects.msvmamba_mm import analysis
+
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOOL = osp.join(REPO, 'tools', 'analysis_tools', 'get_flops.py')
 
@@ -31,6 +34,7 @@ EXPECTED = {
 
 
 def load_tool():
+    """The command line, to call its main() in-process (no second interpreter start-up)."""
     pytest.importorskip('mmengine')
     spec = importlib.util.spec_from_file_location('get_flops', TOOL)
     module = importlib.util.module_from_spec(spec)
@@ -40,8 +44,7 @@ def load_tool():
 
 @pytest.mark.parametrize('arch', ['micro', 'v3_tiny'])
 def test_arch_flops_match_upstream(arch):
-    tool = load_tool()
-    result = tool.count(tool.ArchClassifier(arch), (224, 224))
+    result = analysis.count_flops(analysis.ArchClassifier(arch), (224, 224))
     gflops, params = EXPECTED[arch]
     assert result['flops'] / 1e9 == pytest.approx(gflops, rel=5e-3)
     assert result['params'] == params
@@ -89,12 +92,10 @@ def mask_rcnn_heads_flops(h, w, rois, neck_in, classes=80):
 def test_whole_mask_rcnn_counts_neck_rpn_and_roi_heads():
     """The whole-detector count (data samples passed, the RPN proposes) is the backbone's
     plus exactly what the FPN, RPN and RoI heads compute on the proposals it reports."""
-    tool = load_tool()
     shape = (256, 384)
-    model = tool.build_from_config(osp.join(REPO, 'configs', 'mask_rcnn_msvmamba_n_1x.py'),
-                                   None)
-    whole = tool.count(model, shape)
-    backbone = tool.count(model, shape, backbone_only=True)
+    model = analysis.build_from_config(osp.join(REPO, 'configs', 'mask_rcnn_msvmamba_n_1x.py'))
+    whole = analysis.count_flops(model, shape)
+    backbone = analysis.count_flops(model, shape, backbone_only=True)
     rois = int(re.search(r'RoI heads on (\d+) RPN proposals', whole['counted']).group(1))
     assert 100 < rois <= 1000  # test_cfg.rpn.max_per_img
     expected = mask_rcnn_heads_flops(*shape, rois, neck_in=[48, 96, 192, 384])
@@ -127,8 +128,7 @@ def test_model_zoo_parameters_match_the_tool(name):
     """Whole-model parameters of every row beyond the paper, as the tool counts them
     (building a model is seconds; its full-size FLOP count is a minute or more)."""
     from mmengine.analysis import parameter_count
-    tool = load_tool()
-    model = tool.build_from_config(osp.join(REPO, 'configs', f'{name}.py'), None)
+    model = analysis.build_from_config(osp.join(REPO, 'configs', f'{name}.py'))
     assert parameter_count(model)[''] == MEASURED[name]['Parameters']
 
 
@@ -136,10 +136,8 @@ def test_model_zoo_flops_match_the_tool():
     """FLOPs at the model zoo's 1280x800 for the smallest new row (RetinaNet-Nano, no RPN:
     independent of proposals); the others were measured with the same command (see the
     model zoo in configs/README.md)."""
-    tool = load_tool()
-    model = tool.build_from_config(
-        osp.join(REPO, 'configs', 'retinanet_msvmamba_n_1x.py'), None)
-    assert tool.count(model, (800, 1280))['flops'] == \
+    model = analysis.build_from_config(osp.join(REPO, 'configs', 'retinanet_msvmamba_n_1x.py'))
+    assert analysis.count_flops(model, (800, 1280))['flops'] == \
         MEASURED['retinanet_msvmamba_n_1x']['FLOPs']
 
 

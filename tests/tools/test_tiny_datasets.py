@@ -1,14 +1,19 @@
-"""tools/dataset_converters/make_tiny_datasets.py: real formats, exact annotations,
-deterministic output."""
+"""The tiny datasets (projects/msvmamba_mm/tiny_data.py, the `tiny` fixture) and their
+command line, tools/dataset_converters/make_tiny_datasets.py: real formats, exact
+annotations, deterministic output."""
 import hashlib
+import importlib.util
 import json
 import os
+import os.path as osp
 
 import numpy as np
 import pytest
 from PIL import Image
 
 SPLITS = dict(train=3, val=2)
+TOOL = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'tools',
+                'dataset_converters', 'make_tiny_datasets.py')
 
 
 def _digest(root):
@@ -87,8 +92,11 @@ def test_imagenet_folders_and_meta(tiny, tmp_path):
     assert tuple(classes) == info['classes']
 
 
-def test_cli_writes_all_formats(tiny, tmp_path, capsys):
-    tiny.main(['all', '--out-dir', str(tmp_path), '--num-train', '1', '--num-val', '1',
+def test_cli_writes_all_formats(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location('make_tiny_datasets', TOOL)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)  # main() in-process: no second interpreter start-up
+    tool.main(['all', '--out-dir', str(tmp_path), '--num-train', '1', '--num-val', '1',
                '--size', '48', '48'])
     assert sorted(os.listdir(tmp_path)) == ['tiny_ade20k', 'tiny_coco', 'tiny_imagenet']
     meta = json.load(open(tmp_path / 'tiny_coco' / 'meta.json'))

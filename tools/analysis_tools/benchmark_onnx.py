@@ -25,28 +25,18 @@ per-operator profile (share of the run time by ONNX op type, and by module and o
 first batch size.
 """
 import argparse
-import collections
-import json
-import os
 import os.path as osp
-import re
-import statistics
 import sys
 import tempfile
 import time
 
 import torch
 
-# this checkout's code first; get_flops beside this file; deployment in tools/
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-from benchmark import fused_ops, gc_paused  # noqa: E402
-from get_flops import ArchClassifier  # noqa: E402
-
-from deployment.pytorch2onnx import export, ort_session  # noqa: E402
-from projects.msvmamba.msvmamba import MSVMamba  # noqa: E402
+from projects.msvmamba.msvmamba import MSVMamba
+from projects.msvmamba_mm.analysis import ArchClassifier
+from projects.msvmamba_mm.deploy import (export, openvino_runner, ort_profile, ort_runner)
+from projects.msvmamba_mm.speed import compare_runtimes, pytorch_runner, runtime_report
+from projects.msvmamba_mm.timing import machine_load
 
 
 def parse_args(argv=None):
@@ -66,112 +56,37 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def export_classifier(model, path: str, shape) -> None:
-    """The classifier as pytorch2onnx.py exports models (dynamic N, H, W)."""
-    export(model, 'plain', path, torch.randn(1, 3, *shape), dynamic=True, opset=18,
-           metadata={})
-
-
-def openvino_runner(path: str, threads: int):
-    """A callable running the file on OpenVINO's CPU plugin, or None if not installed."""
-    try:
-        import openvino as ov
-    except ImportError:
-        return None
-    core = ov.Core()
-    compiled = core.compile_model(path, 'CPU', {'INFERENCE_NUM_THREADS': threads,
-                                                'INFERENCE_PRECISION_HINT': 'f32'})
-    return lambda x: compiled(x)[0]
-
-
-def ort_runner(path: str, threads: int):
-    """A callable running the file on ONNX Runtime's CPU execution provider."""
-    session = ort_session(path, threads)
-    return lambda x: session.run(None, {'input': x.numpy()})[0]
-
-
-def profile_ort(path: str, threads: int, x) -> None:
-    """ONNX Runtime's own profile over a few runs: time share per op type, and per module
-    and op (node names with the block indices and the exporter's counters left out)."""
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    options.enable_profiling = True
-    options.profile_file_prefix = osp.join(tempfile.mkdtemp(), 'ort')
-    session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
-    for _ in range(3):
-        session.run(None, {'input': x})
-    with open(session.end_profiling()) as f:
-        events = json.load(f)
-    by_type, by_node = collections.Counter(), collections.Counter()
-    for e in events:
-        if e.get('cat') == 'Node' and e['name'].endswith('_kernel_time'):
-            by_type[e['args'].get('op_name', '?')] += e['dur']
-            node = re.sub(r'_\d+$', '', e['name'][:-len('_kernel_time')])
-            by_node[re.sub(r'layers\.\d+/blocks\.\d+', 'layers.*/blocks.*', node)] += e['dur']
-    total = sum(by_type.values())
-    for title, counts in (('op type', by_type), ('module and op', by_node)):
-        print(f'onnxruntime profile (batch {x.shape[0]}, share of kernel time by {title}):')
-        for name, dur in counts.most_common(12):
-            print(f'  {dur / total * 100:5.1f}%  {name}')
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = ArchClassifier(args.arch).eval()
     path = args.onnx
-    if path is None:
+    if path is None:  # the classifier as pytorch2onnx.py exports models (dynamic N, H, W)
         path = osp.join(tempfile.mkdtemp(), f'msvmamba_{args.arch}.onnx')
         start = time.time()
-        export_classifier(model, path, args.shape)
+        export(model, 'plain', path, torch.randn(1, 3, *args.shape), dynamic=True, opset=18,
+               metadata={})
         print(f'exported {args.arch} classifier to {path} in {time.time() - start:.0f} s')
-    vino = openvino_runner(path, args.threads)
-
-    def pytorch(fused: bool):
-        def run(x):
-            with fused_ops(fused), torch.inference_mode():
-                return model(x)
-        return run
-
-    methods = {'pytorch fused': pytorch(True), 'pytorch unfused': pytorch(False),
+    runners = {'pytorch fused': pytorch_runner(model, True),
+               'pytorch unfused': pytorch_runner(model, False),
                'onnxruntime': ort_runner(path, args.threads)}
+    vino = openvino_runner(path, args.threads)
     if vino is not None:
-        methods['openvino'] = lambda x: vino(x.numpy())
+        runners['openvino'] = vino
     for other in args.compare:
-        methods[f'onnxruntime ({osp.basename(other)})'] = ort_runner(other, args.threads)
+        runners[f'onnxruntime ({osp.basename(other)})'] = ort_runner(other, args.threads)
     print(f'{args.arch} classifier, {tuple(args.shape)}, float32, {args.threads} threads '
           f'(torch and onnxruntime), torch {torch.__version__}, onnxruntime '
           f'{__import__("onnxruntime").__version__}'
           + ('' if vino is None else f', openvino {__import__("openvino").__version__}')
-          + f'; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}')
+          + f'; {machine_load()}')
     for batch in args.batch_sizes:
-        x = torch.randn(batch, 3, *args.shape)
-        want = methods['pytorch fused'](x).double()
-        print(f'batch {batch} parity, max |diff| / max |pytorch fused|: ' + ', '.join(
-            f'{name} {(torch.as_tensor(fn(x)).double() - want).abs().max() / want.abs().max():.1e}'
-            for name, fn in methods.items() if name != 'pytorch fused'))
-        times = {name: [] for name in methods}
-        with gc_paused():
-            for i in range(args.warmup + args.iters):
-                for name, fn in methods.items():
-                    start = time.perf_counter()
-                    fn(x)
-                    if i >= args.warmup:
-                        times[name].append(time.perf_counter() - start)
-        med = {name: statistics.median(t) for name, t in times.items()}
-        print(f'batch {batch}: ' + ', '.join(
-            f'{name} {batch / t:.2f} img/s ({t * 1000:.0f} ms)' for name, t in med.items()))
-        for name in methods:
-            if name.startswith('pytorch'):
-                continue
-            print(f'  {name}: {med["pytorch fused"] / med[name]:.2f}x pytorch fused '
-                  f'(goal >= 0.7x), {med["pytorch unfused"] / med[name]:.2f}x pytorch '
-                  'unfused (goal >= 1x)')
+        row, = compare_runtimes(runners, [batch], args.shape, args.iters, args.warmup)
+        print('\n'.join(runtime_report(row)))
         if args.profile and batch == args.batch_sizes[0]:
-            profile_ort(path, args.threads, x.numpy())
-    print(f'load average at the end: {os.getloadavg()[0]:.1f}')
+            print('\n'.join(ort_profile(path, args.threads, torch.randn(batch, 3, *args.shape))))
+    print(f'{machine_load()} at the end')
     return 0
 
 

@@ -4,14 +4,10 @@
     python tools/misc/print_config.py CONFIG [--cfg-options KEY=VALUE ...] [--save FILE.py]
 """
 import argparse
-import os.path as osp
 import sys
 
-# this checkout's code first, whatever else is installed
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-
-from projects.msvmamba_mm.cli import load_config  # noqa: E402
-from projects.msvmamba_mm.tooling import add_config_arguments, run_main  # noqa: E402
+from projects.msvmamba_mm.cli import load_config
+from projects.msvmamba_mm.tooling import add_config_arguments, run_main
 
 
 def _main(argv=None):

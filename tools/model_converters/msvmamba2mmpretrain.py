@@ -19,10 +19,7 @@ import sys
 
 import torch
 
-# this checkout's code first, whatever else is installed
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-
-from projects.msvmamba.checkpoint import (CheckpointError,  # noqa: E402
+from projects.msvmamba.checkpoint import (CheckpointError,
                                           convert_to_mmpretrain, extract_state_dict,
                                           load_checkpoint_file)
 
