@@ -18,6 +18,9 @@ mmengine's ``HOOKS`` when ``projects.msvmamba_mm`` is imported, e.g. through a c
   folder, fsync, rename, fsync of the folder) through the ``atomic_local`` file backend
   (:class:`AtomicLocalBackend`), so a file under its final name is always complete;
 * outdated checkpoints are removed only after the new one and ``last_checkpoint`` are on disk;
+* a model with nan/inf weights is not written, and a failed write (a full disk, a folder
+  that became unwritable) ends the run on every rank with an error naming the file, the
+  free space and the previous checkpoint, which is intact;
 * before resuming it checks the checkpoint (zip structure and CRCs, no unpickling): when
   ``--resume`` finds the latest one unusable it resumes from the newest valid older one and
   logs which; when none is valid it stops with an error naming every file; an unusable
@@ -32,8 +35,9 @@ import os
 import os.path as osp
 import re
 import secrets
+import shutil
 import zipfile
-from typing import List, Optional, Tuple
+from typing import Iterable, List, Optional, Tuple
 
 import torch
 from mmengine.dist import is_main_process
@@ -42,9 +46,13 @@ from mmengine.hooks import CheckpointHook
 from mmengine.registry import HOOKS
 
 from .errors import UserError
+from .rank_agreement import on_any_rank
 
 BACKEND_NAME = 'atomic_local'
 POINTER_NAME = 'last_checkpoint'  # what mmengine's find_latest_checkpoint reads
+# a checkpoint saved inside an epoch of an epoch-based schedule (PreemptionHook)
+INTERRUPTED_TMPL = 'iter_{}.pth'
+INTERRUPTED_KEY = 'interrupted_ckpts'  # message hub: those not yet superseded
 _PARTIAL = re.compile(r'^\..+\.\d+\.[0-9a-f]{8}\.partial$')
 
 
@@ -52,6 +60,15 @@ class UnusableCheckpointError(UserError):
     """A checkpoint to resume from is missing or unreadable, or one to load holds no
     weight of the model (the tools print it as one line; other entry points show it as the
     exception's message)."""
+
+
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written (full disk, unwritable folder); the previous one
+    is intact."""
+
+
+class NonFiniteWeightsError(UserError):
+    """The model holds nan/inf values: no checkpoint is written."""
 
 
 # --------------------------------------------------------------------------------------
@@ -291,6 +308,62 @@ def check_loads_some_weight(checkpoint, model, path: str) -> None:
 
 
 # --------------------------------------------------------------------------------------
+# what is written
+# --------------------------------------------------------------------------------------
+def nonfinite_tensors(named_tensors: Iterable[Tuple[str, object]]) -> List[str]:
+    """Names of the floating-point tensors among ``(name, value)`` pairs that hold nan or
+    inf (one host synchronisation per device)."""
+    by_device = {}
+    for name, value in named_tensors:
+        if torch.is_tensor(value) and value.is_floating_point():
+            by_device.setdefault(value.device, []).append((name, value))
+    bad = []
+    for group in by_device.values():
+        finite = torch.stack([torch.isfinite(value).all() for _, value in group]).tolist()
+        bad += [name for (name, _), ok in zip(group, finite) if not ok]
+    return bad
+
+
+def _size(num_bytes: float) -> str:
+    if num_bytes < 1024:
+        return f'{num_bytes:.0f} bytes'
+    for unit in ('KiB', 'MiB', 'GiB', 'TiB'):
+        num_bytes /= 1024
+        if num_bytes < 1024 or unit == 'TiB':
+            return f'{num_bytes:.1f} {unit}'
+
+
+def _free_space(folder: str) -> str:
+    """'<size> free' on the file system of ``folder`` (or of its nearest existing parent)."""
+    while folder and not osp.isdir(folder) and osp.dirname(folder) != folder:
+        folder = osp.dirname(folder)
+    try:
+        return f'{_size(shutil.disk_usage(folder).free)} free'
+    except OSError:
+        return 'free space unknown'
+
+
+def _kept(previous: Optional[str]) -> str:
+    if not previous:
+        return 'no earlier checkpoint of this run was written'
+    size = ''
+    if _is_local(previous) and osp.isfile(previous):
+        size = f' ({_size(osp.getsize(previous))})'
+    return f'the last checkpoint, {previous}{size}, is kept'
+
+
+def _write_error_message(path: str, error: Optional[OSError], previous: Optional[str]) -> str:
+    if error is None:  # this rank wrote nothing: rank 0 failed
+        return (f'rank 0 could not write checkpoint {path} (its error names the reason); '
+                f'{_kept(previous)}')
+    folder = osp.dirname(str(path))
+    where = f' ({_free_space(folder)} in {folder})' if _is_local(str(path)) else ''
+    return (f'cannot write checkpoint {path}: {error.strerror or error}{where}; '
+            f'{_kept(previous)} and last_checkpoint names it. Free some space or make the '
+            'folder writable, then run again with --resume')
+
+
+# --------------------------------------------------------------------------------------
 # the hook
 # --------------------------------------------------------------------------------------
 @HOOKS.register_module(force=True)
@@ -308,11 +381,19 @@ class PreemptionSafeCheckpointHook(CheckpointHook):
       none valid or an unusable explicit checkpoint stops the run with an error naming
       the files;
     * a loaded checkpoint (``load_from`` or resume) with no weight of the model is an
-      error naming it (mmengine alone would only log the missing keys).
+      error naming it (mmengine alone would only log the missing keys);
+    * a model holding nan/inf is never written (:class:`NonFiniteWeightsError`), so
+      ``max_keep_ckpts`` never replaces the last finite checkpoint by a diverged one;
+    * a write that fails (full disk, unwritable folder) stops every rank with an error
+      naming the file, the free space and the checkpoint that was kept
+      (:class:`CheckpointWriteError`);
+    * :meth:`save_interrupted` saves outside the schedule (:class:`.PreemptionHook`).
 
     Args:
         **kwargs: mmengine's ``CheckpointHook`` arguments.
     """
+
+    saved_iter: Optional[int] = None  # iterations done at the last successful write
 
     def before_run(self, runner) -> None:
         # runs before Runner.load_or_resume, which reads these two attributes (mmengine 0.10)
@@ -352,20 +433,70 @@ class PreemptionSafeCheckpointHook(CheckpointHook):
             self.keep_ckpt_ids.append(step)
             # saved inside the checkpoint: a resumed run knows which files it keeps
             runner.message_hub.update_info('keep_ckpt_ids', list(self.keep_ckpt_ids))
-        filename = self.filename_tmpl.format(step)
-        self.last_ckpt = self.file_backend.join_path(self.out_dir, filename)
-        runner.message_hub.update_info('last_ckpt', self.last_ckpt)
-        runner.save_checkpoint(
-            self.out_dir, filename, self.file_client_args,
-            save_optimizer=self.save_optimizer,
-            save_param_scheduler=self.save_param_scheduler,
-            meta=meta, by_epoch=self.by_epoch, backend_args=self.backend_args, **self.args)
+        self._write(runner, self.filename_tmpl.format(step), meta,
+                    [self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(old))
+                     for old in outdated])
+
+    def save_interrupted(self, runner, iters_done: int, meta: dict) -> str:
+        """Save the checkpoint of a run stopped after ``iters_done`` iterations, outside
+        the schedule (e.g. on a preemption signal); returns its path. An iteration-based
+        schedule numbers it like its own (``filename_tmpl``, counted by
+        ``max_keep_ckpts``); an epoch-based one names it ``iter_<iters_done>.pth`` and
+        removes it once a later checkpoint is saved."""
+        if not self.by_epoch:
+            self._save_checkpoint_with_step(runner, iters_done, meta)
+        else:
+            self._write(runner, INTERRUPTED_TMPL.format(iters_done), meta, [],
+                        interrupted=True)
+        return self.last_ckpt
+
+    def _write(self, runner, filename: str, meta: dict, outdated: List[str],
+               interrupted: bool = False) -> None:
+        """Write checkpoint ``filename`` and ``last_checkpoint`` (rank 0), then remove the
+        ``outdated`` files and earlier interrupted-run checkpoints. Every rank calls it;
+        all of them raise when the weights are not finite or the write failed."""
+        path = self.file_backend.join_path(self.out_dir, filename)
+        hub = runner.message_hub
+        previous = hub.get_info('last_ckpt')
+        model = getattr(runner.model, 'module', runner.model)
+        bad = nonfinite_tensors(model.state_dict().items())
+        if on_any_rank(bool(bad)):
+            raise NonFiniteWeightsError(
+                f'not writing checkpoint {path}: '
+                + (f'{len(bad)} tensors of the model hold nan/inf (e.g. '
+                   f'{", ".join(bad[:3])})' if bad else 'another process\'s weights hold '
+                   'nan/inf')
+                + f'; {_kept(previous)}')
+        older = list(hub.get_info(INTERRUPTED_KEY) or [])
+        # both saved inside the checkpoint itself (mmengine's CheckpointHook does the same)
+        hub.update_info(INTERRUPTED_KEY, [path] if interrupted else [])
+        self.last_ckpt = path
+        hub.update_info('last_ckpt', path)
+        error = None
+        try:
+            runner.save_checkpoint(
+                self.out_dir, filename, self.file_client_args,
+                save_optimizer=self.save_optimizer,
+                save_param_scheduler=self.save_param_scheduler,
+                meta=meta, by_epoch=self.by_epoch, backend_args=self.backend_args,
+                **self.args)
+            if is_main_process():
+                atomic_write(osp.join(runner.work_dir, POINTER_NAME), str(path).encode())
+        except OSError as e:  # a full disk, a folder made read-only, ...
+            error = e
+        if on_any_rank(error is not None):
+            hub.update_info(INTERRUPTED_KEY, older)
+            if previous is not None:
+                self.last_ckpt = previous
+                hub.update_info('last_ckpt', previous)
+            raise CheckpointWriteError(_write_error_message(path, error, previous))
+        self.saved_iter = (meta or {}).get('iter')
         if not is_main_process():
             return
-        atomic_write(osp.join(runner.work_dir, POINTER_NAME), str(self.last_ckpt).encode())
-        for old in outdated:  # only now that the new checkpoint is complete
-            path = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(old))
-            if self.file_backend.isfile(path):
-                self.file_backend.remove(path)
-            elif self.file_backend.isdir(path):  # deepspeed saves folders
-                self.file_backend.rmtree(path)
+        for old in outdated + older:  # only now that the new checkpoint is complete
+            if old == path:
+                continue
+            if self.file_backend.isfile(old):
+                self.file_backend.remove(old)
+            elif self.file_backend.isdir(old):  # deepspeed saves folders
+                self.file_backend.rmtree(old)

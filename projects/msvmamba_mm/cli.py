@@ -51,7 +51,9 @@ def _parser(prog: str, description: str, positionals: Tuple[Tuple[str, str], ...
 
 
 def train_parser() -> argparse.ArgumentParser:
-    return _parser('tools/train.py', 'Train a model from an mmpretrain, mmdet or mmseg config.',
+    return _parser('tools/train.py', 'Train a model from an mmpretrain, mmdet or mmseg config. '
+                   'Exit status: 0 done; 2 a one-line error; 75 stopped by SIGTERM/SIGUSR1 '
+                   'after saving the checkpoint of the iteration (run again with --resume).',
                    (('config', 'config file'), ), (
         ('--resume', dict(nargs='?', const='auto', metavar='CKPT',
                           help='resume from CKPT, or without CKPT from the latest '

@@ -82,8 +82,12 @@ def test_config_builds(path):
     # tools need (tests/tools/test_ecosystem_tools.py)
     assert cfg.custom_imports == dict(imports=['projects.msvmamba', 'projects.msvmamba_mm'],
                                       allow_failed_imports=False)
-    # checkpoints written atomically, --resume safe to pass (projects/msvmamba_mm/checkpoints.py)
+    # checkpoints written atomically, --resume safe to pass (projects/msvmamba_mm/checkpoints.py);
+    # checkpoint and exit on a preemption signal, stop on nan/inf (configs/_base_/runtime/
+    # long_run_hooks.py)
     assert cfg.default_hooks.checkpoint.type == 'PreemptionSafeCheckpointHook'
+    assert cfg.default_hooks.preemption.type == 'PreemptionHook'
+    assert cfg.default_hooks.divergence.type == 'DivergenceGuardHook'
     model = build_model(cfg)
     bb = backbone(model)
     assert type(bb).__name__ == 'MSVMamba'

@@ -1,6 +1,6 @@
-# mmdet's default runtime with our checkpoint hook: checkpoints are written atomically
-# and --resume falls back past a damaged latest one, so --resume is always safe to pass
-# (projects/msvmamba_mm/checkpoints.py). Every detection config inherits it.
-_base_ = 'mmdet::_base_/default_runtime.py'
+# mmdet's default runtime with the hooks of ./long_run_hooks.py (atomic checkpoints,
+# checkpoint-and-exit on a preemption signal, a stop on nan/inf). Every detection config
+# inherits it.
+_base_ = ['mmdet::_base_/default_runtime.py', './long_run_hooks.py']
 
-default_hooks = dict(checkpoint=dict(type='PreemptionSafeCheckpointHook'))
+default_hooks = _base_.long_run_hooks

@@ -3,7 +3,7 @@
 # (Swin's absolute_pos_embed / relative_position_bias_table keys match nothing
 # in MSVMamba and are left out); LinearLR warm-up from 1e-6 x lr over 1500
 # iters, then PolyLR (power 1.0, eta_min 0) to 160k; val + checkpoint every 16k.
-_base_ = 'mmseg::_base_/schedules/schedule_160k.py'
+_base_ = ['mmseg::_base_/schedules/schedule_160k.py', '../runtime/long_run_hooks.py']
 
 optim_wrapper = dict(
     _delete_=True,  # drop mmseg's SGD
@@ -29,7 +29,7 @@ train_cfg = dict(type='IterBasedTrainLoop', max_iters=160000, val_interval=16000
 # (mmseg's own bases set no auto_scale_lr, so --auto-scale-lr needs this line).
 auto_scale_lr = dict(enable=False, base_batch_size=16)
 
-# our checkpoint hook (mmseg keeps default_hooks in its schedules, not its runtime):
-# checkpoints are written atomically and --resume falls back past a damaged latest one,
-# so --resume is always safe to pass (projects/msvmamba_mm/checkpoints.py)
-default_hooks = dict(checkpoint=dict(type='PreemptionSafeCheckpointHook'))
+# the hooks of ../runtime/long_run_hooks.py (mmseg keeps default_hooks in its schedules,
+# not its runtime): atomic checkpoints, checkpoint-and-exit on a preemption signal, a
+# stop on nan/inf
+default_hooks = _base_.long_run_hooks
