@@ -178,7 +178,7 @@ class DivergenceGuardHook(Hook):
                 f'({self._bad_in_a_row} of at most {self.skip_bad_steps} bad steps in a '
                 f'row; {self._skipped} skipped in this run)')
             return
-        last = runner.message_hub.get_info('last_ckpt') or 'none was written by this run'
+        last = runner.message_hub.get_info('last_ckpt') or 'none saved yet'
         skipped = (f' after skipping {self._bad_in_a_row - 1} bad steps in a row'
                    if self._bad_in_a_row > 1 else '')
         raise TrainingDivergedError(

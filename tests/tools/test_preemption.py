@@ -272,7 +272,7 @@ def _check_preempted(run, signal_name, iteration):
 
 @pytest.fixture(scope='module')
 def signalled(train_in):
-    """Four runs in one work dir (12 iterations, a checkpoint every 3 keeping 2, a
+    """Four runs in one work dir (50 iterations, a checkpoint every 3 keeping 2, a
     validation every 4, one data loader worker), each returned as (ToolRun, _checkpoints,
     _pointer after it):
     1. SIGTERM (to the process and its worker) while iteration 5 runs;
@@ -280,7 +280,8 @@ def signalled(train_in):
     3. --resume; SIGTERM while iteration 9's checkpoint is being written;
     4. --resume; the disk fills while iteration 12's checkpoint is written."""
     run = train_in('signalled')
-    options = ('--cfg-options', 'train_cfg.val_interval=4', 'train_dataloader.num_workers=1')
+    options = ('--cfg-options', 'train_cfg.max_iters=50', 'train_cfg.val_interval=4',
+               'train_dataloader.num_workers=1')
     steps = []
     for resume, fault in (((), dict(SIGNAL_AT_ITER='5')),
                           (('--resume', ), dict(SIGNAL_IN_VAL_AT_ITER='8')),
