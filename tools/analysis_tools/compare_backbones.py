@@ -15,7 +15,7 @@ results.csv, results.md and scaling.png into --out. The implementation is
 projects/msvmamba_mm/compare.py.
 
 On a machine shared with other work, run with OMP_WAIT_POLICY=PASSIVE: OpenMP threads
-that spin while waiting made 2-thread forwards 5-10x slower on a 2-core machine at load
+that spin while waiting made 2-thread forwards 8-11x slower on a 2-core machine at load
 average 9 (the setting is recorded with the results).
 """
 import argparse
