@@ -405,10 +405,11 @@ def train_resume_test(tools: Tools, config, folder: Path, kind: str, *, resume='
     """With ``tools``, a (train, test) pair as in :class:`Tools`: train ``config`` (a tiny
     config: one step) into ``folder/train``; resume from its checkpoint for a second step
     (``resume='path'``: ``--resume CKPT`` into ``folder/resume``; ``'auto'``: ``--resume``
-    in the same work dir); test the last checkpoint into ``folder/test``. Checks: one step,
-    then the second only, from the first's model and AdamW state; the same weights saved;
-    ``TEST_METRICS[kind]`` logged, in range. ``train_args`` go to both training runs (a
-    ``--cfg-options`` group last), ``test_args`` to the test run."""
+    in the same work dir; None: no resume, the first checkpoint is tested); test the last
+    checkpoint into ``folder/test``. Checks: one step, then the second only, from the
+    first's model and AdamW state; the same weights saved; ``TEST_METRICS[kind]`` logged,
+    in range. ``train_args`` go to both training runs (a ``--cfg-options`` group last),
+    ``test_args`` to the test run."""
     train, test = tools
     train_dir = folder / 'train'
     train_out = train(config, '--work-dir', train_dir, *train_args)
@@ -417,6 +418,9 @@ def train_resume_test(tools: Tools, config, folder: Path, kind: str, *, resume='
     first = torch.load(first_path, mmap=True)
     assert done == '1' and first['meta']['iter'] == 1, (first_path, first['meta'])
 
+    if resume is None:
+        return _test(test, config, first_path, first, first_path, first, folder, kind,
+                     test_args, (train_out, ''))
     resume_dir = train_dir if resume == 'auto' else folder / 'resume'
     resume_args = ['--resume'] + ([] if resume == 'auto' else [first_path])
     options = list(train_args)
@@ -436,6 +440,12 @@ def train_resume_test(tools: Tools, config, folder: Path, kind: str, *, resume='
     assert before and {k: float(s['step']) + 1 for k, s in before.items()} == {
         k: float(after[k]['step']) for k in before}
 
+    return _test(test, config, first_path, first, last_path, last, folder, kind, test_args,
+                 (train_out, resume_out))
+
+
+def _test(test, config, first_path, first, last_path, last, folder, kind, test_args,
+          outputs) -> E2ERun:
     test_dir = folder / 'test'
     test_out = test(config, last_path, '--work-dir', test_dir, *test_args)
     metrics = logged_metrics(test_dir)
@@ -443,7 +453,7 @@ def train_resume_test(tools: Tools, config, folder: Path, kind: str, *, resume='
         assert key in metrics, (key, metrics)
         assert metrics[key] == -1 or 0 <= metrics[key] <= METRIC_MAX[kind], (key, metrics)
     return E2ERun(first_path, last_path, first, last, test_dir, metrics,
-                  (train_out, resume_out, test_out))
+                  (*outputs, test_out))
 
 
 def check_dump_and_drawings(out: Path, show: Path, num_images: int) -> None:

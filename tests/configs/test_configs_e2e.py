@@ -1,9 +1,10 @@
-"""Every experiment config under configs/ end to end on the CPU: train one step with the
-code of tools/train.py (a checkpoint), resume from that checkpoint for a second step, and
-the code of tools/test.py evaluates the last one on the tiny datasets (``e2e`` helper,
-tests/conftest.py). The tools run in-process (``cli.train_main`` / ``cli.test_main``,
-which tools/train.py and tools/test.py call): no interpreter start-up per run. The scripts
-themselves, the launchers (2 processes) and the packages' own tools run in tests/tools.
+"""Every experiment config under configs/ end to end on the CPU: build and train one step
+with the code of tools/train.py (a checkpoint), and the code of tools/test.py evaluates it
+on the tiny datasets; one config of each recipe (model type x schedule) first resumes from
+that checkpoint for a second step (``e2e`` helper, tests/conftest.py). The tools run
+in-process (``cli.train_main`` / ``cli.test_main``, which tools/train.py and tools/test.py
+call): no interpreter start-up per run. The scripts themselves, the launchers (2
+processes) and the packages' own tools run in tests/tools.
 
 Each run is the real config through the ``tiny_config`` fixture (tiny data at small image
 scales, 3 classes, no pretrained file, one step per epoch) and one more override, a shrunk
@@ -27,25 +28,34 @@ def _entries(kind, names, **extra):
     return {name: dict(kind=kind, **extra) for name in names}
 
 
-# config (relative to configs/) -> kind; 'shrink': what image scales are divided by, when
-# the config's own are small already; 'test': tools/test.py options to run (and check)
+# config (relative to configs/) -> kind; 'resume': how the second step resumes (the one
+# config of each recipe: model type x schedule; the others train one step and test it);
+# 'shrink': what image scales are divided by, when the config's own are small already;
+# 'test': tools/test.py options to run (and check)
 E2E = {
-    **_entries('cls', ['msvmamba_n_in1k.py'], test=('--out', '--show-dir')),
+    # EMAHook, cosine schedule; --resume with no path: the work dir's latest checkpoint
+    **_entries('cls', ['msvmamba_n_in1k.py'], resume='auto', test=('--out', '--show-dir')),
     **_entries('cls', [f'msvmamba_{v}_in1k.py' for v in 'mt']),
     **_entries('cls', [f'msvmambav3_{v}_in1k.py' for v in 'tsb']),
-    **_entries('det', [f'mask_rcnn_msvmamba_{v}_1x.py' for v in 'nmt']),
-    **_entries('det', [f'mask_rcnn_msvmamba_{v}_3x.py' for v in 'mt']),
+    **_entries('det', ['mask_rcnn_msvmamba_n_1x.py', 'mask_rcnn_msvmamba_m_3x.py',
+                       'cascade_mask_rcnn_msvmamba_t_3x.py', 'retinanet_msvmamba_n_1x.py'],
+               resume='path'),
+    **_entries('det', [f'mask_rcnn_msvmamba_{v}_1x.py' for v in 'mt']),
+    **_entries('det', ['mask_rcnn_msvmamba_t_3x.py']),
     **_entries('det', [f'mask_rcnn_msvmambav3_{v}_{s}.py' for v in 'tsb' for s in ('1x', '3x')]),
-    **_entries('det', ['cascade_mask_rcnn_msvmamba_t_3x.py']),
     **_entries('det', [f'cascade_mask_rcnn_msvmambav3_{v}_3x.py' for v in 'tsb']),
-    **_entries('det', [f'retinanet_msvmamba_{v}_1x.py' for v in 'nm']),
+    **_entries('det', ['retinanet_msvmamba_m_1x.py']),
     # test-time augmentation: the config's tta_model and tta_pipeline (mmseg's)
-    **_entries('seg', ['upernet_msvmamba_n_160k_ade20k.py'], test=('--tta', '--out', '--show-dir')),
+    **_entries('seg', ['upernet_msvmamba_n_160k_ade20k.py'], resume='path',
+               test=('--tta', '--out', '--show-dir')),
     **_entries('seg', [f'upernet_msvmamba_{v}_160k_ade20k.py' for v in 'mt']),
     **_entries('seg', [f'upernet_msvmambav3_{v}_160k_ade20k.py' for v in 'tsb']),
-    # mmseg's Cityscapes dataset config, on the tiny ADE20K images in its layout
-    **_entries('seg', ['examples/upernet_msvmamba_m_80k_cityscapes-512x1024.py']),
-    # the quick start's own data root and 128 px scale
+    # mmseg's Cityscapes dataset config and its own 80k schedule, on the tiny ADE20K images
+    # in the Cityscapes layout
+    **_entries('seg', ['examples/upernet_msvmamba_m_80k_cityscapes-512x1024.py'],
+               resume='path'),
+    # already at the 128 px of the tiny images (its iteration-based schedule resumes
+    # through mim: tests/tools/test_ecosystem_tools.py)
     **_entries('det', ['quick_start/mask_rcnn_msvmamba_n_tiny_coco.py'], shrink=1),
 }
 
@@ -98,7 +108,7 @@ VAL_IMAGES = {'det': 2, 'seg': 2, 'cls': 3}  # in e2e_root (tests/conftest.py)
 
 
 @pytest.mark.parametrize('name', sorted(E2E))
-def test_config_trains_saves_resumes_and_tests(name, tmp_path, e2e_root, tiny_config, e2e,
+def test_config_trains_and_tests(name, tmp_path, e2e_root, tiny_config, e2e,
                                                in_process_tools, dump_and_drawings,
                                                monkeypatch, _free_disk):
     kind, options = E2E[name]['kind'], E2E[name].get('test', ())
@@ -107,8 +117,8 @@ def test_config_trains_saves_resumes_and_tests(name, tmp_path, e2e_root, tiny_co
     paths = {'--out': out, '--show-dir': show}
     test_args = [a for o in options for a in ([o, paths[o]] if o in paths else [o])]
     monkeypatch.chdir(e2e_root)  # the tiny configs' data roots are relative
-    run = e2e(in_process_tools, config, tmp_path, kind, test_args=test_args,
-              resume='auto' if kind == 'cls' else 'path')
+    run = e2e(in_process_tools, config, tmp_path, kind, resume=E2E[name].get('resume'),
+              test_args=test_args)
     if kind == 'det' and 'retinanet' not in name:  # (Cascade) Mask R-CNN: masks evaluated
         assert 'coco/segm_mAP' in run.metrics
     if '--tta' in options:  # the Runner ran the model wrapped in the config's tta_model
