@@ -65,6 +65,15 @@ def seeded_state_dict(entries: List[list], first_index: int = 0) -> Dict[str, to
                        for i, (key, shape) in enumerate(entries))
 
 
+def checksum_bound(key: str) -> float:
+    """How far the checksums of the weight rule's tensor ``key`` may differ from the file's.
+    Drawn values (rand/randn) are the same bits on every CPU: 1e-12. ``dt_projs_bias`` goes
+    through float32 exp/expm1/log, whose last bit depends on the CPU's vector instructions
+    (the files were made on an AMD EPYC; an Intel Xeon with AVX-512 differs by up to 1.7e-9):
+    1e-8, still a million times below what a wrong fill gives (order 1)."""
+    return 1e-8 if key.endswith('dt_projs_bias') else 1e-12
+
+
 def assert_checksums(state_dict: Dict[str, torch.Tensor], checksums: torch.Tensor):
     """``[sum, abs_sum]`` (float64) of each tensor against the file's: a wrong fill is
     reported as such, before any output is compared."""
@@ -73,9 +82,10 @@ def assert_checksums(state_dict: Dict[str, torch.Tensor], checksums: torch.Tenso
     assert ours.shape == checksums.shape, f'{len(ours)} tensors vs {len(checksums)} checksums'
     # a sum may cancel: its error is measured against the abs_sum
     err = (ours - checksums).abs().max(1).values / checksums[:, 1].clamp_min(1e-30)
-    worst = int(err.argmax())
-    assert err[worst] <= 1e-12, (f'seeded weight {list(state_dict)[worst]}: checksums '
-                                 f'{ours[worst].tolist()} vs {checksums[worst].tolist()}')
+    bound = torch.tensor([checksum_bound(key) for key in state_dict], dtype=torch.float64)
+    worst = int((err / bound).argmax())
+    assert err[worst] <= bound[worst], (f'seeded weight {list(state_dict)[worst]}: checksums '
+                                        f'{ours[worst].tolist()} vs {checksums[worst].tolist()}')
 
 
 def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
