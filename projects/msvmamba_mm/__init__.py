@@ -7,7 +7,7 @@ registers :class:`.distributed.CPUCapableDDP` in mmengine's ``MODEL_WRAPPERS`` a
 :class:`.hooks.SaveInitCheckpointHook`,
 :class:`.checkpoints.PreemptionSafeCheckpointHook`, :class:`.preemption.PreemptionHook`
 and :class:`.divergence.DivergenceGuardHook` in its ``HOOKS`` (and the ``atomic_local``
-file backend).
+file backend), and :class:`.cpu_amp.CPUBf16OptimWrapper` in ``OPTIM_WRAPPERS``.
 """
 from .runtime import apply_stack_fixes
 
@@ -17,7 +17,8 @@ from .distributed import CPUCapableDDP  # noqa: E402  (registers the model wrapp
 from .hooks import SaveInitCheckpointHook  # noqa: E402  (registers the hook)
 from .checkpoints import PreemptionSafeCheckpointHook  # noqa: E402  (hook + file backend)
 from .divergence import DivergenceGuardHook  # noqa: E402  (registers the hook)
+from .cpu_amp import CPUBf16OptimWrapper  # noqa: E402  (registers the optim wrapper)
 from .preemption import PreemptionHook  # noqa: E402  (registers the hook)
 
-__all__ = ['CPUCapableDDP', 'DivergenceGuardHook', 'PreemptionHook',
+__all__ = ['CPUBf16OptimWrapper', 'CPUCapableDDP', 'DivergenceGuardHook', 'PreemptionHook',
            'PreemptionSafeCheckpointHook', 'SaveInitCheckpointHook', 'apply_stack_fixes']

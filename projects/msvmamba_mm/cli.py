@@ -59,7 +59,8 @@ def train_parser() -> argparse.ArgumentParser:
                           help='resume from CKPT, or without CKPT from the latest '
                           'checkpoint in the work dir')),
         ('--amp', dict(action='store_true',
-                       help='automatic mixed precision (AmpOptimWrapper; needs a GPU)')),
+                       help='automatic mixed precision: AmpOptimWrapper (float16 with dynamic '
+                       'loss scale) on a GPU, bf16 autocast without one')),
         ('--auto-scale-lr', dict(action='store_true',
                                  help='scale the learning rate by total batch size / '
                                  'auto_scale_lr.base_batch_size of the config')),
@@ -151,13 +152,22 @@ def _resume_after_elastic_restart(cfg: Config) -> None:
 
 
 def _set_amp(cfg: Config) -> None:
-    if not distributed.has_accelerator():
-        raise UserError('--amp needs a GPU (or NPU/MLU/MUSA device); none is available, '
-                        'train without --amp')
+    """AmpOptimWrapper (dynamic loss scale) on a GPU/NPU/MLU/MUSA device; without one,
+    bf16 autocast on the CPU (cpu_amp.CPUBf16OptimWrapper: mmengine's AmpOptimWrapper
+    needs such a device, and bf16 needs no loss scale)."""
     optim_wrapper = cfg.optim_wrapper
-    if optim_wrapper.get('type', 'OptimWrapper') != 'AmpOptimWrapper':
-        optim_wrapper.type = 'AmpOptimWrapper'
-        optim_wrapper.setdefault('loss_scale', 'dynamic')
+    if distributed.has_accelerator():
+        if optim_wrapper.get('type', 'OptimWrapper') != 'AmpOptimWrapper':
+            optim_wrapper.type = 'AmpOptimWrapper'
+            optim_wrapper.setdefault('loss_scale', 'dynamic')
+        return
+    dtype = str(optim_wrapper.get('dtype') or 'bfloat16').replace('torch.', '')
+    if dtype != 'bfloat16':
+        raise UserError(f'--amp without a GPU trains in bfloat16 on the CPU, but the config '
+                        f'sets optim_wrapper.dtype={dtype}; remove it or set it to bfloat16')
+    optim_wrapper.type = 'CPUBf16OptimWrapper'
+    optim_wrapper.pop('loss_scale', None)  # bf16 keeps float32's range: nothing to scale
+    optim_wrapper.dtype = 'bfloat16'
 
 
 def _set_auto_scale_lr(cfg: Config) -> None:

@@ -1,0 +1,40 @@
+"""Mixed precision training on a CPU: bf16 autocast, no loss scaling.
+
+mmengine 0.10.7's ``AmpOptimWrapper`` asserts a CUDA/NPU/MLU/MUSA device in its
+constructor (it always builds a ``GradScaler``), so ``tools/train.py --amp`` on a machine
+without one uses :class:`CPUBf16OptimWrapper` instead (``cli._set_amp``).
+"""
+from contextlib import contextmanager
+
+import torch
+from mmengine.optim import OptimWrapper
+from mmengine.registry import OPTIM_WRAPPERS
+from torch import nn
+
+
+@OPTIM_WRAPPERS.register_module(force=True)
+class CPUBf16OptimWrapper(OptimWrapper):
+    """An ``OptimWrapper`` whose forward runs under ``torch.autocast('cpu', bfloat16)``.
+
+    bf16 has float32's exponent range, so gradients neither underflow nor overflow where
+    float32 ones would not, and no loss scale is needed (unlike float16). Parameters,
+    gradients and optimizer state stay float32: autocast casts the weights per op.
+
+    Args:
+        dtype (str or torch.dtype): the autocast dtype; only ``'bfloat16'`` (CPU autocast
+            supports nothing else). Defaults to 'bfloat16'.
+        **kwargs: the arguments of :class:`mmengine.optim.OptimWrapper` (optimizer,
+            accumulative_counts, clip_grad).
+    """
+
+    def __init__(self, dtype='bfloat16', **kwargs):
+        if dtype not in ('bfloat16', torch.bfloat16):
+            raise ValueError(f'CPUBf16OptimWrapper: dtype {dtype} is not supported by CPU '
+                             "autocast; use dtype='bfloat16'")
+        super().__init__(**kwargs)
+        self.cast_dtype = torch.bfloat16
+
+    @contextmanager
+    def optim_context(self, model: nn.Module):
+        with super().optim_context(model), torch.autocast('cpu', dtype=self.cast_dtype):
+            yield
