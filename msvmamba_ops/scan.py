@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .backend import ALL_DTYPES
-from .graph_mode import exporting
+from .graph_mode import exporting, recording_graph
 
 
 class Registered(NamedTuple):
@@ -172,6 +172,28 @@ def _own(outs, inputs):
     return result
 
 
+def check_output_range(out: Tensor, inputs, backend: str) -> Tensor:
+    """``out``, unless a float16/bfloat16 output holds inf from finite inputs: the float32
+    accumulators held a value beyond the dtype's range (float16: 65504, e.g. a large dt
+    times B u over a long scan), and rounding it made inf. That is refused (OverflowError)
+    rather than handed on as inf/nan. Only reduced-precision outputs are checked (one
+    reduction and, on a GPU, one sync; none while a CUDA graph is captured), and the inputs
+    only when an inf is found."""
+    if out.dtype not in (torch.float16, torch.bfloat16) or (
+            out.is_cuda and torch.cuda.is_current_stream_capturing()):  # no sync in a graph
+        return out
+    if not torch.isinf(out).any():
+        return out
+    if not all(torch.isfinite(t).all() for t in inputs if t is not None):
+        return out  # inf/nan in, inf/nan out: not the output dtype's doing
+    name = str(out.dtype).replace('torch.', '')
+    raise OverflowError(
+        f'selective_scan ({backend} backend): the output overflows {name} (its largest value '
+        f'is {torch.finfo(out.dtype).max:.6g}) although every input is finite; pass '
+        'out_float=True for a float32 output'
+        + (', or use bfloat16 inputs (float32\'s range)' if out.dtype == torch.float16 else ''))
+
+
 @torch.library.custom_op('msvmamba::selective_scan_fwd', mutates_args=())
 def selective_scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                        D: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool,
@@ -179,6 +201,7 @@ def selective_scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
     out = backend_module(backend).fwd(u, delta, A, B, C, D, delta_bias, delta_softplus,
                                        out_float)
     out = out.to(out_dtype(u.dtype, out_float))
+    check_output_range(out, (u, delta, A, B, C, D, delta_bias), backend)
     return _own([out], [u, delta, A, B, C, D, delta_bias])[0]
 
 
@@ -338,8 +361,10 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     Returns:
         y: (Bt, D, L).
 
-    Raises ValueError / TypeError naming the argument and the expected shape or dtype, and
-    RuntimeError when an explicitly requested backend cannot run.
+    Raises ValueError / TypeError naming the argument and the expected shape or dtype,
+    RuntimeError when an explicitly requested backend cannot run, and OverflowError when a
+    float16/bfloat16 output from finite inputs would be inf (:func:`check_output_range`;
+    ``out_float=True`` avoids it).
     """
     if torch.jit.is_tracing():  # e.g. mmengine's FLOP counter: sizes are traced values
         with warnings.catch_warnings():
@@ -356,7 +381,10 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     if module.SUPPORT.inline:
         # Plain ops, not the opaque custom op: torch.compile traces them and Inductor fuses
         # them; the compiled backends stay one opaque node (their kernel is one pass).
-        return module.scan(u, delta, A, B, C, D, delta_bias, bool(delta_softplus),
-                           bool(out_float))
+        out = module.scan(u, delta, A, B, C, D, delta_bias, bool(delta_softplus),
+                          bool(out_float))
+        if not recording_graph():  # a data-dependent check: eager runs only
+            check_output_range(out, (u, delta, A, B, C, D, delta_bias), name)
+        return out
     return torch.ops.msvmamba.selective_scan_fwd(u, delta, A, B, C, D, delta_bias,
                                                  bool(delta_softplus), bool(out_float), name)
