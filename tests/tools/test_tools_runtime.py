@@ -292,12 +292,6 @@ def test_prepare_train_config(tmp_path):
     assert cfg.auto_scale_lr.enable is True
 
 
-@pytest.mark.skipif(distributed.has_accelerator(), reason='checks the CPU-only message')
-def test_amp_without_gpu_is_a_user_error():
-    with pytest.raises(UserError, match='--amp needs a GPU'):
-        cli.prepare_train_config(Config(dict(optim_wrapper=dict())), _train_args(amp=True))
-
-
 def _test_args(checkpoint, **kwargs):
     args = dict(config='c.py', checkpoint=str(checkpoint), work_dir=None, out=None,
                 show_dir=None, tta=False)
