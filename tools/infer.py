@@ -6,21 +6,11 @@
     python tools/infer.py CONFIG MODEL.onnx INPUT [INPUT ...] --out-dir DIR \
         --backend onnxruntime [--threads N]
 
-INPUT: image files or folders (their images, not recursive). By the config's
-``default_scope``:
-
-* detection (mmdet ``DetInferencer``): boxes and masks drawn to ``DIR/vis/<image>``,
-  predictions as JSON in ``DIR/preds/``;
-* segmentation (mmseg ``MMSegInferencer``): the label overlay in ``DIR/vis/``, label maps
-  in ``DIR/pred/``;
-* classification (mmpretrain ``ImageClassificationInferencer``): the top-k classes
-  printed and in ``DIR/predictions.json``, the image with its top class in ``DIR/vis/``.
-
-``--backend onnxruntime`` runs a file written by ``tools/deployment/pytorch2onnx.py``
-(classification and segmentation; detection heads are not exported) with ONNX Runtime on
-the CPU: the same inferencer does the same pre- and post-processing, only the network
-(what the file computes) runs in ONNX Runtime instead of PyTorch, so the outputs are the
-PyTorch path's (to float32 rounding).
+INPUT: image files or folders (their images, not recursive). Detection, segmentation and
+classification configs (by ``default_scope``) draw to ``DIR/vis/`` and write predictions
+beside; ``--backend onnxruntime`` runs the network from a file of
+``tools/deployment/pytorch2onnx.py`` (classification, segmentation) with the same pre- and
+post-processing. The implementation is projects/msvmamba_mm/inference.py.
 """
 import argparse
 import sys

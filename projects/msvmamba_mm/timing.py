@@ -167,5 +167,10 @@ def copy_bandwidth_gbs(device: str, nbytes: int) -> float:
 
 
 def machine_load() -> str:
-    """``'load average X on N CPUs'``: print it with every figure (a shared machine)."""
-    return f'load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs'
+    """``'load average X on N CPUs, OMP_WAIT_POLICY=...'``: print it with every figure. On
+    a shared machine the load moves PyTorch's CPU times most: with libgomp's default wait
+    policy its OpenMP workers spin at every barrier and wait for a descheduled peer (at a
+    load average of 7.7 on 2 cores a Tiny batch-1 forward took 1378 ms by default and 236 ms
+    with ``OMP_WAIT_POLICY=PASSIVE``, 2026-12-07)."""
+    return (f'load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs, '
+            f'OMP_WAIT_POLICY={os.environ.get("OMP_WAIT_POLICY", "unset")}')

@@ -39,6 +39,7 @@ from projects.msvmamba.msvmamba import MSVMamba
 from projects.msvmamba_mm.cli import run_main
 from projects.msvmamba_mm.speed import (benchmark_model, build_model, report, scan_backend,
                                         stubbed_scan)
+from projects.msvmamba_mm.timing import machine_load
 
 
 def parse_args(argv=None):
@@ -89,7 +90,7 @@ def run(argv=None) -> None:
     print(f'{args.config or f"arch {args.arch}"}, batch {args.batch_size}, shape '
           f'{tuple(args.shape)}, device {args.device}, amp {args.amp}, '
           f'{"training" if args.train else "inference"}, threads {torch.get_num_threads()}, '
-          f'scan backend {backend}')
+          f'scan backend {backend}; {machine_load()}')
     print('\n'.join(report(result, args.batch_size, args.device)))
 
 

@@ -18,11 +18,14 @@ all float32 on ``--threads`` CPU threads:
 * ``onnxruntime (NAME)``: each ``--compare`` file (e.g. an export by an earlier version of
   the code) on ONNX Runtime, for a before / after in one run.
 
-The methods run in turn, one forward each per round, so that all see the same machine
-load; the medians and their ratios are printed, after each method's relative error
-against the fused PyTorch path. ``--profile`` adds ONNX Runtime's
-per-operator profile (share of the run time by ONNX op type, and by module and op) at the
-first batch size.
+The methods run in turn, round by round, so that all see the same machine load, and each
+timed call follows an untimed call of the same method ("settled"): ONNX Runtime's idle
+workers spin-wait for a while after every run, and a PyTorch forward started right after
+it was measured up to 1.3x slower at batch 1 on 2 cores (docs/deployment.md, Speed). The
+medians and their ratios are printed, after each method's relative error against the
+fused PyTorch path. ``--profile`` adds ONNX Runtime's per-operator profile (share of the
+run time by ONNX op type, and by module and op) at the first batch size. The
+implementation is projects/msvmamba_mm/speed.py and deploy.py (the timer: timing.py).
 """
 import argparse
 import os.path as osp
