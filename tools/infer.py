@@ -20,10 +20,8 @@ from projects.msvmamba_mm.tooling import add_config_arguments, run_main
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        prog='tools/infer.py',
-        description='Predict on images with a detection, segmentation or classification '
-        'checkpoint and save the drawn results.')
+    parser = argparse.ArgumentParser(prog='tools/infer.py',
+                                     description=__doc__.split('\n\n')[0])
     add_config_arguments(parser)
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('inputs', nargs='+', metavar='INPUT', help='image files or folders')
