@@ -172,5 +172,9 @@ def machine_load() -> str:
     policy its OpenMP workers spin at every barrier and wait for a descheduled peer (at a
     load average of 7.7 on 2 cores a Tiny batch-1 forward took 1378 ms by default and 236 ms
     with ``OMP_WAIT_POLICY=PASSIVE``, 2026-12-07)."""
-    return (f'load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs, '
-            f'OMP_WAIT_POLICY={os.environ.get("OMP_WAIT_POLICY", "unset")}')
+    load, cpus, policy = os.getloadavg()[0], os.cpu_count(), os.environ.get('OMP_WAIT_POLICY')
+    line = f'load average {load:.1f} on {cpus} CPUs, OMP_WAIT_POLICY={policy or "unset"}'
+    if load > cpus and not policy:
+        line += (' (a busy machine: PyTorch CPU times will be inflated by spinning OpenMP '
+                 'workers; OMP_WAIT_POLICY=PASSIVE for every tool compared keeps them usable)')
+    return line
