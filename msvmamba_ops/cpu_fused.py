@@ -25,6 +25,13 @@ which FLOP handles, graph passes and ONNX know); :func:`why_not_fast_path` lists
 condition. ``MSVMAMBA_FUSED_CPU=0`` turns it off (e.g. to time the plain modules); a scan
 backend other than ``auto``/``cpu`` in ``MSVMAMBA_SCAN_BACKEND`` also does, since the fused
 op carries its own scan.
+
+Under ``torch.autocast('cpu', dtype=torch.bfloat16)`` the fast path stays on where the CPU
+multiplies bf16 natively (:func:`bf16_instructions`: avx512_bf16 or AMX): the modules' big
+projections (in_proj, out_proj, the ConvFFN linears) run in bf16 as autocast chooses, and
+the fused ops get their inputs cast to float32, so the scan's state, decays and sums and the
+norms stay float32. Float16 autocast, or bf16 on a CPU that would emulate it, keeps the
+plain modules.
 """
 import os
 from typing import Optional, Tuple
@@ -61,6 +68,26 @@ def is_available() -> bool:
     return unavailable_reason() is None
 
 
+def bf16_instructions() -> bool:
+    """Whether this CPU multiplies bf16 natively (avx512_bf16 or AMX-bf16), so that oneDNN's
+    bf16 matmuls beat float32 ones; elsewhere it emulates bf16 and runs slower than float32."""
+    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, 'get_capabilities') else {}
+    return bool(caps.get('avx512_bf16') or caps.get('amx_bf16'))
+
+
+def _autocast_reason() -> Optional[str]:
+    """None if the fast path's autocast mode (bf16 projections around float32 fused ops)
+    fits the CPU autocast in force, else why not."""
+    dtype = torch.get_autocast_dtype('cpu')
+    if dtype != torch.bfloat16:
+        return (f'CPU autocast in {dtype} (the fused path supports bfloat16 autocast; '
+                'float16 has no fast CPU matmuls and a narrow range)')
+    if not bf16_instructions():
+        return ('CPU autocast in bfloat16 on a CPU without avx512_bf16 or AMX-bf16 '
+                '(emulated bf16 would be slower than float32)')
+    return None
+
+
 def why_not_fast_path(module: torch.nn.Module, x: Tensor,
                       supported: bool = True) -> Optional[str]:
     """None when the fused ops may stand in for ``module``'s forward on ``x``, else the first
@@ -80,10 +107,16 @@ def why_not_fast_path(module: torch.nn.Module, x: Tensor,
         return 'a configuration the fused op does not cover'
     if type(x) is not torch.Tensor:  # fake, functional or distributed tensors
         return f'the input is a {type(x).__name__}'
-    if x.device.type != 'cpu' or x.dtype != torch.float32:
-        return f'a {x.dtype} input on {x.device.type} (the ops take float32 CPU tensors)'
-    if torch.is_autocast_enabled('cpu'):  # the plain matmuls would run in bf16/fp16
-        return 'CPU autocast is on'
+    autocast = torch.is_autocast_enabled('cpu')
+    if autocast:
+        reason = _autocast_reason()
+        if reason:
+            return reason
+    # under bf16 autocast a bf16 input is what the previous layer's matmul returns
+    if x.device.type != 'cpu' or x.dtype not in ((torch.float32, torch.bfloat16) if autocast
+                                                 else (torch.float32, )):
+        return (f'a {x.dtype} input on {x.device.type} (the ops take float32 CPU tensors'
+                f'{", or bf16 ones under bf16 autocast" if autocast else ""})')
     params = list(module.parameters())
     if any(p.dtype != torch.float32 or p.device.type != 'cpu' for p in params):
         return 'parameters that are not float32 CPU tensors'
@@ -165,4 +198,4 @@ def convffn_dwconv_gelu(h: Tensor, in_bias: Optional[Tensor], weight: Tensor,
 
 
 __all__ = ['fast_path_eligible', 'why_not_fast_path', 'is_available', 'unavailable_reason',
-           'ms2d_branch', 'convffn_dwconv_gelu', 'ENV_FUSED']
+           'bf16_instructions', 'ms2d_branch', 'convffn_dwconv_gelu', 'ENV_FUSED']

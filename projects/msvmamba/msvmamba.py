@@ -201,10 +201,18 @@ class ConvFFN(nn.Module):
 
     def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The CPU inference fast path (eval: no dropout): linear1's bias, the conv, the
-        residual and GELU in one fused op."""
-        g = cpu_fused.convffn_dwconv_gelu(F.linear(x, self.linear1.weight.flatten(1)),
-                                          self.linear1.bias, self.dwc.weight, self.dwc.bias)
+        residual and GELU in one fused op. Under bf16 autocast the linears run in bf16 and
+        the fused op in float32."""
+        h = _fused_op_input(F.linear(x, self.linear1.weight.flatten(1)))
+        g = cpu_fused.convffn_dwconv_gelu(h, self.linear1.bias, self.dwc.weight, self.dwc.bias)
         return F.linear(g, self.linear2.weight.flatten(1), self.linear2.bias)
+
+
+def _fused_op_input(t: torch.Tensor) -> torch.Tensor:
+    """A projection's output as the fused CPU ops take it: float32. Under bf16 autocast the
+    projections return bf16; the fused ops (depthwise convs, scan state, decays, sums,
+    norms) keep computing in float32."""
+    return t if t.dtype == torch.float32 else t.float()
 
 
 class PatchMerging2D(nn.Module):
@@ -440,16 +448,18 @@ class MultiScaleSS2D(nn.Module):
         return self.out_proj(y)
 
     def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The CPU inference fast path of :meth:`forward` (float32, one full-resolution
-        direction): everything between in_proj and out_proj in two fused
+        """The CPU inference fast path of :meth:`forward` (one full-resolution direction):
+        everything between in_proj and out_proj in two fused
         :func:`~msvmamba_ops.cpu_fused.ms2d_branch` calls, the low-res branch, then the
-        full-res branch with the merge epilogue."""
+        full-res branch with the merge epilogue. Under bf16 autocast in_proj, out_proj and
+        squeeze-excite run in bf16 (autocast's choice), the fused calls in float32."""
         batch, H, W, _ = x.shape
         inner = self.inner_channels
-        x_in = F.linear(x, self.in_proj.weight[:inner])
+        x_in = _fused_op_input(F.linear(x, self.in_proj.weight[:inner]))
         z = None
         if self.gate:
-            z = F.linear(x, self.in_proj.weight[inner:]).view(batch, H * W, inner)
+            z = _fused_op_input(F.linear(x, self.in_proj.weight[inner:])).view(
+                batch, H * W, inner)
         norm = (self.out_norm.weight, self.out_norm.bias)
         per_branch = self.out_norm_mode == 'per_branch'
 

@@ -164,3 +164,71 @@ def test_convffn_fused_matches_unfused(channels, hidden, size, batch, monkeypatc
         fused = module(x)
     assert len(calls) == 1
     assert_close(fused, unfused)
+
+
+# ------------------------------------------------------------------ bf16 autocast (#22)
+
+def test_autocast_eligibility(monkeypatch):
+    """bf16 autocast keeps the fast path where the CPU multiplies bf16 natively; float16
+    autocast, bf16 without those instructions, and bf16 inputs outside autocast do not."""
+    module, x = randomised(MultiScaleSS2D(16)), torch.randn(1, 6, 6, 16)
+    with torch.no_grad():
+        with torch.autocast('cpu', dtype=torch.float16):
+            assert 'float16' in cpu_fused.why_not_fast_path(module, x)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            assert cpu_fused.why_not_fast_path(module, x.bfloat16()) == (
+                None if cpu_fused.bf16_instructions()
+                else cpu_fused.why_not_fast_path(module, x))
+            monkeypatch.setattr(cpu_fused, 'bf16_instructions', lambda: False)
+            assert 'without avx512_bf16 or AMX' in cpu_fused.why_not_fast_path(module, x)
+        assert 'bfloat16' in cpu_fused.why_not_fast_path(module, x.bfloat16())
+
+
+def bf16_and_float32(module, x, monkeypatch, op: str):
+    """(float32, fused bf16 autocast, plain bf16 autocast) outputs of module(x); asserts
+    which path each took."""
+    monkeypatch.setattr(cpu_fused, 'bf16_instructions', lambda: True)  # any x86 CPU
+    calls = spy(monkeypatch, op)
+    with torch.no_grad():
+        want = module(x)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            fused = module(x)
+            assert calls
+            calls.clear()
+            monkeypatch.setenv(cpu_fused.ENV_FUSED, '0')
+            plain = module(x)
+    assert not calls
+    return want, fused, plain
+
+
+def rel_err(actual, expected):
+    return ((actual.float() - expected).abs().max() / expected.abs().max()).item()
+
+
+@pytest.mark.parametrize('cfg', [MASTER, V3], ids=['master', 'v3'])
+def test_bf16_autocast_fused_matches_plain_bf16(cfg, monkeypatch):
+    """Under bf16 autocast the fused path (bf16 projections, float32 scan) returns bf16, as
+    the plain modules do, and is as close to float32 as they are (bf16 rounding: ~1e-2)."""
+    torch.manual_seed(0)
+    module = randomised(MultiScaleSS2D(32, **cfg))
+    want, fused, plain = bf16_and_float32(module, torch.randn(2, 14, 14, 32), monkeypatch,
+                                          'ms2d_branch')
+    assert fused.dtype == plain.dtype == torch.bfloat16
+    assert rel_err(fused, want) <= 1.5e-2 and rel_err(plain, want) <= 1.5e-2
+    assert rel_err(fused, plain.float()) <= 1.5e-2
+    # a bf16 input (what a bf16 matmul before it returns) takes the fused path too; autocast
+    # rounds a float32 input to bf16 before in_proj anyway, so the two agree exactly
+    monkeypatch.setenv(cpu_fused.ENV_FUSED, '1')
+    x = torch.randn(2, 14, 14, 32).bfloat16()
+    calls = spy(monkeypatch, 'ms2d_branch')
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        assert torch.equal(module(x), module(x.float())) and len(calls) == 4
+
+
+def test_bf16_autocast_convffn(monkeypatch):
+    torch.manual_seed(0)
+    module = ConvFFN(32, 64).eval()
+    want, fused, plain = bf16_and_float32(module, torch.randn(2, 9, 9, 32), monkeypatch,
+                                          'convffn_dwconv_gelu')
+    assert fused.dtype == plain.dtype == torch.bfloat16
+    assert rel_err(fused, want) <= 1.5e-2 and rel_err(plain, want) <= 1.5e-2

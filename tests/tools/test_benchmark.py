@@ -1,6 +1,7 @@
 """tools/analysis_tools/benchmark.py (projects/msvmamba_mm/speed.py) runs and reports
-throughput and the scan's share, and the one timer of the benchmark tools
-(projects/msvmamba_mm/timing.py) alternates its methods. About 15 s in all."""
+throughput, the scan's share and float32 against bf16 autocast (--compare-amp), and the
+one timer of the benchmark tools (projects/msvmamba_mm/timing.py) alternates its methods.
+About 15 s in all."""
 import importlib.util
 import os
 import os.path as osp
@@ -32,8 +33,13 @@ def test_benchmark_reports_throughput_and_scan_share(capsys, monkeypatch, fused)
         pytest.skip('the cpu extension (fused pass) is not built')
     tool = load_tool()
     assert tool.main(['--arch', 'nano', '--batch-size', '2', '--shape', '32', '32',
-                      '--warmup', '1', '--iters', '2', '--compare-unfused']) == 0
+                      '--warmup', '1', '--iters', '2', '--compare-unfused',
+                      '--compare-amp']) == 0
     out = capsys.readouterr().out
+    # float32 against bf16 autocast (under which the fused ops stay on where they may)
+    amp = re.search(r'^bf16 vs fp32: ([\d.]+)x \(([\d.]+) vs ([\d.]+) img/s\), logits rel err '
+                    r'([\d.e+-]+), top-5 overlap (\d+)%$', out, re.M)
+    assert amp and float(amp.group(1)) > 0 and 0 < float(amp.group(4)) < 0.1, out
     assert re.search(r'[\d.]+ img/s \(median', out), out
     assert re.search(r'page faults per forward: \d+', out), out
     assert re.search(r'matmul at \d+ GFLOP/s before and \d+ after', out), out

@@ -5,7 +5,7 @@ classifier by arch) and the share of time in selective_scan.
     python tools/analysis_tools/benchmark.py [CONFIG] [--cfg-options k=v ...] \
         [--arch tiny] [--batch-size 8] [--shape 224 224] \
         [--amp] [--device cpu|cuda] [--warmup 2] [--iters 20] [--threads N] \
-        [--stub-scan] [--compare-unfused] [--train] [--scan-backend NAME]
+        [--stub-scan] [--compare-unfused] [--compare-amp] [--train] [--scan-backend NAME]
 
 With CONFIG, the config's model runs its 'tensor' forward (detectors, which need data
 samples for that, run backbone + neck: ``extract_feat``); without, an ImageNet classifier
@@ -18,6 +18,11 @@ fused op (``msvmamba_ops.cpu_fused``: depthwise conv, x/dt projections, scan, ou
 direction merge, gate), which contains the scan; its share is reported as such. Set
 MSVMAMBA_FUSED_CPU=0 to time the unfused ops and see the scan's own share. On CPU it also
 prints the page faults per forward (fresh memory the allocator had to map).
+
+``--compare-amp`` times float32 and autocast (bf16 on CPU) inference alternating in this
+process and prints ``bf16 vs fp32: N.NNx (A vs B img/s), logits rel err E`` with
+E = max |bf16 - fp32| / max |fp32| over the batch, and the top-5 overlap of classifier
+logits. Under bf16 autocast the fused CPU ops stay on where the CPU has avx512_bf16 or AMX.
 
 ``--train`` times training steps instead (forward, mean of the outputs as the loss,
 backward, AdamW step); ``--scan-backend`` routes the scan to one backend
@@ -62,6 +67,10 @@ def parse_args(argv=None):
     parser.add_argument('--compare-unfused', action='store_true',
                         help='CPU: also time the unfused modules (MSVMAMBA_FUSED_CPU=0), '
                         'alternating with the fused ops forward by forward, and print the ratio')
+    parser.add_argument('--compare-amp', action='store_true',
+                        help='also time float32 against autocast inference (bf16 on CPU), '
+                        'alternating, and print the speed ratio, the logits relative error '
+                        'and the top-5 overlap')
     parser.add_argument('--stub-scan', action='store_true',
                         help='replace selective_scan by a copy of u: times the rest of the '
                         'network (e.g. while only the slow reference scan is available)')
@@ -86,7 +95,7 @@ def run(argv=None) -> None:
         inputs = torch.randn(args.batch_size, 3, *args.shape, device=args.device)
         result = benchmark_model(
             model, inputs, args.iters, args.warmup, args.device, args.amp, args.train,
-            args.compare_unfused and not args.stub_scan)
+            args.compare_unfused and not args.stub_scan, compare_amp=args.compare_amp)
     print(f'{args.config or f"arch {args.arch}"}, batch {args.batch_size}, shape '
           f'{tuple(args.shape)}, device {args.device}, amp {args.amp}, '
           f'{"training" if args.train else "inference"}, threads {torch.get_num_threads()}, '
