@@ -8,7 +8,7 @@ depthwise conv, x/dt projections, scan, out_norm, direction merge, gate), which 
 the scan; :func:`fused_ops` turns those ops on or off (``MSVMAMBA_FUSED_CPU``).
 
 Public API: :func:`build_model`, :func:`forward_step`, :func:`benchmark_model`, :func:`report`,
-:func:`amp_dtype`, :func:`amp_agreement`, :func:`amp_comparison`, :func:`amp_report`,
+:func:`amp_agreement`, :func:`amp_comparison`, :func:`amp_report`,
 :func:`fused_ops`, :func:`scan_backend`, :func:`stubbed_scan`, :func:`scan_share`,
 :func:`compare_runtimes`, :func:`runtime_report`.
 """
@@ -23,6 +23,7 @@ from msvmamba_ops import ENV_BACKEND, cpu_fused
 from projects.msvmamba import msvmamba as msvmamba_module
 
 from . import timing
+from .amp_inference import amp_dtype
 from .analysis import ArchClassifier, build_from_config, tensor_forward
 
 
@@ -80,11 +81,6 @@ def build_model(config: Optional[str] = None, arch: str = 'tiny', device: str = 
         return ArchClassifier(arch).to(device).eval()
     model = build_from_config(config, cfg_options).to(device).eval()
     return tensor_forward(model, device)
-
-
-def amp_dtype(device: str) -> torch.dtype:
-    """The autocast dtype of ``--amp``: float16 on CUDA, bfloat16 on the CPU."""
-    return torch.float16 if str(device).startswith('cuda') else torch.bfloat16
 
 
 def _autocast(device: str, amp: bool):
@@ -162,9 +158,9 @@ def amp_agreement(reference, outputs) -> Tuple[float, Optional[float]]:
 
 def amp_comparison(model: nn.Module, inputs: torch.Tensor, iters: int, warmup: int,
                    device: str = 'cpu') -> Dict:
-    """Inference in float32 and under autocast (:func:`amp_dtype`), alternating call by
-    call: ``dict(fp32, amp`` (seconds, median)``, rel_err, top5)`` (:func:`amp_agreement`
-    of the two outputs on ``inputs``)."""
+    """Inference in float32 and under autocast (``amp_inference.amp_dtype``), alternating
+    call by call: ``dict(fp32, amp`` (seconds, median)``, rel_err, top5)``
+    (:func:`amp_agreement` of the two outputs on ``inputs``)."""
     fp32 = forward_step(model, inputs, device, amp=False)
     amp = forward_step(model, inputs, device, amp=True)
     result = dict(zip(('rel_err', 'top5'), amp_agreement(fp32(), amp())))

@@ -232,3 +232,33 @@ def test_bf16_autocast_convffn(monkeypatch):
                                           'convffn_dwconv_gelu')
     assert fused.dtype == plain.dtype == torch.bfloat16
     assert rel_err(fused, want) <= 1.5e-2 and rel_err(plain, want) <= 1.5e-2
+
+
+def test_autocast_features_for_test_and_infer_amp(monkeypatch):
+    """tools/test.py / infer.py --amp: extract_feat (backbone + neck) under bf16 autocast on
+    the fused path, its features back in float32 for the heads."""
+    from backbone_utils import SMALL_MASTER
+
+    from projects.msvmamba import MSVMamba
+    from projects.msvmamba_mm.amp_inference import autocast_features
+    from projects.msvmamba_mm.errors import UserError
+
+    class Model(torch.nn.Module):  # the OpenMMLab models' shape
+        def __init__(self):
+            super().__init__()
+            self.backbone = MSVMamba(SMALL_MASTER, out_indices=(0, 1, 2, 3)).eval()
+
+        def extract_feat(self, x):
+            return self.backbone(x)
+
+    monkeypatch.setattr(cpu_fused, 'bf16_instructions', lambda: True)
+    torch.manual_seed(0)
+    model, x = Model(), torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        want = model.extract_feat(x)
+        calls = spy(monkeypatch, 'ms2d_branch')
+        got = autocast_features(model).extract_feat(x)
+    assert calls and [f.dtype for f in got] == [torch.float32] * 4
+    assert all(0 < rel_err(g, w) <= 2e-2 for g, w in zip(got, want))
+    with pytest.raises(UserError, match='has no extract_feat'):
+        autocast_features(torch.nn.Linear(2, 2))
