@@ -23,6 +23,38 @@ import torch
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
+# ---------------------------------------------------------------------------------------
+# Running in parallel (pytest-xdist: CI runs ``pytest tests -n 2 --dist loadscope``, which keeps
+# each module on one worker, so a module-scoped set-up such as an ONNX export is made once)
+
+
+def pytest_configure(config):
+    """In an xdist worker, share the cores out: each of W workers gets cpus // W intra-op
+    threads (at least one), and so do the tools it starts (OMP_NUM_THREADS, unless set).
+    Two workers with two OpenMP threads each on two cores oversubscribe them, and spinning
+    OpenMP threads then make a step many times slower."""
+    workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ.setdefault('OMP_NUM_THREADS', str(threads))
+        torch.set_num_threads(int(os.environ['OMP_NUM_THREADS']))
+
+
+# The longest modules start first, so that neither worker is left with one at the end
+# (loadscope hands modules out in collection order): the quick start (~3 min on one
+# worker) and the per-config end-to-end runs (~5 min, one module).
+LONGEST_MODULES = ('tests/tools/test_quick_start.py', 'tests/configs/test_configs_e2e.py')
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering by fixture
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        path = item.nodeid.split('::')[0]
+        return LONGEST_MODULES.index(path) if path in LONGEST_MODULES else len(LONGEST_MODULES)
+
+    items.sort(key=rank)  # stable: the order within a module is kept
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Quick start: train, evaluate and visualise Mask R-CNN + MSVMamba-Nano on a tiny dataset.
 
-    python tools/quick_start.py [--iters N] [--work-dir DIR] [--data-dir DIR]
+    python tools/quick_start.py [--iters N] [--work-dir DIR] [--data-dir DIR] [--amp]
 
 One command, five steps, each with this checkout's own tools (run from the repository
 root; a few minutes on a CPU):
@@ -51,6 +51,9 @@ def parse_args(argv=None):
                         help='where checkpoints, logs, drawings and the curve go')
     parser.add_argument('--data-dir', default='data/quick_start',
                         help='parent folder of the tiny dataset (tiny_coco/ inside)')
+    parser.add_argument('--amp', action='store_true',
+                        help='train with mixed precision (tools/train.py --amp: fp16 with '
+                        'loss scaling on a GPU, bf16 autocast on a CPU)')
     parser.add_argument('--config', default=CONFIG, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.iters < 1:
@@ -127,9 +130,11 @@ class QuickStart:
 
     def train(self):
         n = self.args.iters
-        self._step(f'2/5 training {n} iterations: {self.args.config}')
+        self._step(f'2/5 training {n} iterations{" (--amp)" if self.args.amp else ""}: '
+                   f'{self.args.config}')
+        amp = ['--amp'] if self.args.amp else []
         self._run(self._tool('train.py'), self.args.config, '--work-dir', self.work_dir,
-                  '--cfg-options', *self._data_options('train', 'val'),
+                  *amp, '--cfg-options', *self._data_options('train', 'val'),
                   f'train_cfg.max_iters={n}', f'train_cfg.val_interval={max(1, n // 2)}',
                   f'param_scheduler.1.end={n}', f'default_hooks.checkpoint.interval={n}')
         return osp.join(self.work_dir, 'iter_0.pth'), osp.join(self.work_dir,
@@ -175,7 +180,7 @@ class QuickStart:
         log, curves = self.plot()
         summary = dict(
             config=self.args.config, iters=self.args.iters, data_root=self.data_root,
-            work_dir=self.work_dir, checkpoint=trained_ckpt,
+            work_dir=self.work_dir, amp=self.args.amp, checkpoint=trained_ckpt,
             untrained_checkpoint=untrained_ckpt, train_log=log, curves=curves,
             predictions=show_dir, untrained=untrained, trained=trained,
             seconds=round(time.time() - self.t0, 1))

@@ -3,6 +3,11 @@
 mmengine 0.10.7's ``AmpOptimWrapper`` asserts a CUDA/NPU/MLU/MUSA device in its
 constructor (it always builds a ``GradScaler``), so ``tools/train.py --amp`` on a machine
 without one uses :class:`CPUBf16OptimWrapper` instead (``cli._set_amp``).
+
+For the OpenMMLab models (those with ``extract_feat``: classifiers, detectors, segmentors)
+only the features, backbone + neck, run under autocast, and return float32 to the heads:
+mmcv's CPU ops (NMS, RoIAlign) take no bf16, and box decoding and the losses are better in
+float32. Nearly all of the FLOPs are in the features.
 """
 from contextlib import contextmanager
 
@@ -36,5 +41,33 @@ class CPUBf16OptimWrapper(OptimWrapper):
 
     @contextmanager
     def optim_context(self, model: nn.Module):
-        with super().optim_context(model), torch.autocast('cpu', dtype=self.cast_dtype):
-            yield
+        inner = getattr(model, 'module', model)  # DDP keeps the model as .module
+        with super().optim_context(model):
+            if getattr(inner, 'extract_feat', None) is None:
+                with torch.autocast('cpu', dtype=self.cast_dtype):
+                    yield
+                return
+            # features under autocast for the duration of this step, heads in float32
+            extract, had_own = inner.extract_feat, 'extract_feat' in vars(inner)
+
+            def extract_feat(*args, **kwargs):
+                with torch.autocast('cpu', dtype=self.cast_dtype):
+                    return _float32(extract(*args, **kwargs))
+
+            inner.extract_feat = extract_feat
+            try:
+                yield
+            finally:
+                if had_own:
+                    inner.extract_feat = extract
+                else:
+                    del inner.extract_feat
+
+
+def _float32(features):
+    """bf16 feature maps (a tensor, or a tuple/list of them: one per level) as float32."""
+    if isinstance(features, torch.Tensor):
+        return features.float() if features.is_floating_point() else features
+    if isinstance(features, (tuple, list)):
+        return type(features)(_float32(f) for f in features)
+    return features

@@ -8,8 +8,8 @@
   ends with finite losses.
 
 Runtime on the shared 2-vCPU Xeon (2026-12-07): 12 s, 9 s of it the train.py run. The
-issue's "quick start with --amp learns" (Mask R-CNN + MSVMamba-Nano, minutes) is not
-tested here.
+issue's "quick start with --amp learns" (Mask R-CNN + MSVMamba-Nano, about 2 minutes) is
+``tests/tools/test_quick_start.py``'s ``amp`` case.
 """
 import argparse
 import copy

@@ -10,16 +10,21 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 ITERS = int(os.environ.get('QUICK_START_TEST_ITERS', '40'))
 
 
-def test_quick_start_learns_and_writes_everything(tmp_path):
+@pytest.mark.parametrize('amp', [False, True], ids=['float32', 'amp'])
+def test_quick_start_learns_and_writes_everything(tmp_path, amp):
+    """With ``amp`` the training runs under ``--amp`` (bf16 autocast on a CPU, issue 22):
+    the same budget must learn as clearly as in float32."""
     env = dict(os.environ, PYTHONUNBUFFERED='1')
     env.setdefault('OMP_NUM_THREADS', '1')  # 2 busy cores: one thread per process
     t0 = time.time()
     proc = subprocess.run([sys.executable, osp.join(REPO, 'tools', 'quick_start.py'),
-                           '--iters', str(ITERS)], cwd=str(tmp_path), env=env,
+                           '--iters', str(ITERS)] + ['--amp'] * amp, cwd=str(tmp_path), env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=900)
     out = proc.stdout
@@ -33,6 +38,9 @@ def test_quick_start_learns_and_writes_everything(tmp_path):
     assert f'Iter(train) [{ITERS}/{ITERS}]' in out and 'eta: ' in out
     work = tmp_path / 'work_dirs' / 'quick_start'
     summary = json.loads((work / 'quick_start_summary.json').read_text())
+    assert summary['amp'] is amp
+    if amp:  # the CPU's bf16 wrapper trained (cpu_amp.CPUBf16OptimWrapper)
+        assert 'CPUBf16OptimWrapper' in out or 'bf16 autocast' in out, out[-3000:]
     assert summary['checkpoint'] == str(work / f'iter_{ITERS}.pth')
     assert osp.isfile(summary['checkpoint']) and osp.isfile(summary['untrained_checkpoint'])
     # (c) COCO evaluation tables of mmdet's CocoMetric, for both checkpoints
