@@ -2,7 +2,7 @@
 """Run a trained model on your own images and save what it predicts.
 
     python tools/infer.py CONFIG CHECKPOINT INPUT [INPUT ...] --out-dir DIR \\
-        [--device cpu|cuda] [--score-thr 0.3] [--topk 5] [--cfg-options KEY=VALUE ...]
+        [--device cpu|cuda] [--score-thr 0.3] [--topk 5] [--amp] [--cfg-options KEY=VALUE ...]
     python tools/infer.py CONFIG MODEL.onnx INPUT [INPUT ...] --out-dir DIR \
         --backend onnxruntime [--threads N]
 
@@ -32,6 +32,9 @@ def parse_args(argv=None):
                         help='detection: draw boxes with at least this score (default 0.3)')
     parser.add_argument('--topk', type=int, default=5,
                         help='classification: classes to report (default 5)')
+    parser.add_argument('--amp', action='store_true',
+                        help='backbone + neck under autocast: bf16 on the CPU (the fused CPU '
+                        'ops stay on with avx512_bf16/AMX), float16 on CUDA; heads float32')
     parser.add_argument('--backend', choices=('pytorch', 'onnxruntime'), default='pytorch',
                         help='pytorch (CHECKPOINT: a checkpoint) or onnxruntime (CHECKPOINT: '
                         'an .onnx file from tools/deployment/pytorch2onnx.py)')
@@ -43,7 +46,7 @@ def parse_args(argv=None):
 def _main(argv=None):
     args = parse_args(argv)
     infer(args.config, args.checkpoint, args.inputs, args.out_dir, args.device,
-          args.score_thr, args.topk, args.backend, args.threads, args.cfg_options)
+          args.score_thr, args.topk, args.backend, args.threads, args.cfg_options, args.amp)
 
 
 def main(argv=None) -> int:

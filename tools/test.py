@@ -3,7 +3,7 @@
 default_scope).
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE.pkl]
-        [--show-dir DIR] [--tta] [--cfg-options KEY=VALUE ...]
+        [--show-dir DIR] [--tta] [--amp] [--cfg-options KEY=VALUE ...]
         [--launcher none|pytorch|slurm|mpi]
 
 Distributed: tools/dist_test.sh (torchrun) or tools/slurm_test.sh. The implementation

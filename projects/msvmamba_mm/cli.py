@@ -81,6 +81,9 @@ def test_parser() -> argparse.ArgumentParser:
                             help='save every test image with its predictions drawn to DIR')),
         ('--tta', dict(action='store_true', help="test-time augmentation with the config's "
                        'tta_model and tta_pipeline')),
+        ('--amp', dict(action='store_true',
+                       help='backbone + neck under autocast: bf16 on the CPU (the fused CPU '
+                       'ops stay on with avx512_bf16/AMX), float16 on a GPU; heads float32')),
     ))
 
 
@@ -324,6 +327,9 @@ def _test(argv: Optional[List[str]]) -> None:
     runner = _start(cfg, scope, args.launcher)
     if args.out:
         runner.test_evaluator.metrics.append(scope.build_dump_metric(args.out))
+    if args.amp:
+        from .amp_inference import autocast_features
+        autocast_features(runner.model)
     runner.test()
 
 

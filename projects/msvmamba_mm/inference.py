@@ -58,11 +58,19 @@ def _check_weights_loaded(model, path: str) -> None:
     check_loads_some_weight(load_checkpoint_file(path), model, path)
 
 
+def _amp(inferencer, req) -> None:
+    """``--amp``: backbone + neck under autocast, the rest float32 (amp_inference)."""
+    if req.amp:
+        from .amp_inference import autocast_features
+        autocast_features(inferencer.model)
+
+
 def _infer_mmdet(cfg, req, images):
     from mmdet.apis import DetInferencer
     inferencer = DetInferencer(model=cfg, weights=req.checkpoint, device=req.device,
                                show_progress=False)
     _check_weights_loaded(inferencer.model, req.checkpoint)
+    _amp(inferencer, req)
     inferencer(images, out_dir=req.out_dir, pred_score_thr=req.score_thr,
                no_save_pred=False)
     return [osp.join(req.out_dir, 'vis'), osp.join(req.out_dir, 'preds')]
@@ -107,6 +115,7 @@ def _infer_mmseg(cfg, req, images):
         patch(inferencer.model)
     else:
         _check_weights_loaded(inferencer.model, req.checkpoint)
+    _amp(inferencer, req)
     inferencer(images, out_dir=req.out_dir)
     return [osp.join(req.out_dir, 'vis'), osp.join(req.out_dir, 'pred')]
 
@@ -120,6 +129,7 @@ def _infer_mmpretrain(cfg, req, images):
         patch(inferencer.model)
     else:
         _check_weights_loaded(inferencer.model, req.checkpoint)
+    _amp(inferencer, req)
     vis_dir = osp.join(req.out_dir, 'vis')
     results = inferencer(images, show_dir=vis_dir)
     classes = inferencer.classes or []
@@ -145,11 +155,12 @@ INFER = {'mmdet': _infer_mmdet, 'mmseg': _infer_mmseg, 'mmpretrain': _infer_mmpr
 def infer(config: str, checkpoint: str, inputs: Sequence[str], out_dir: str,
           device: Optional[str] = None, score_thr: float = 0.3, topk: int = 5,
           backend: str = 'pytorch', threads: Optional[int] = None,
-          cfg_options: Optional[dict] = None) -> List[str]:
+          cfg_options: Optional[dict] = None, amp: bool = False) -> List[str]:
     """Predict on ``inputs`` (image files or folders) with ``config``'s model and
     ``checkpoint`` (``backend='onnxruntime'``: an ONNX file of that model, run with
     ``threads`` intra-op threads); returns the folders / files written under ``out_dir``.
-    ``device`` defaults to cuda if available, else cpu."""
+    ``device`` defaults to cuda if available, else cpu. ``amp``: backbone + neck under
+    autocast (bf16 on the CPU, float16 on CUDA; :mod:`.amp_inference`)."""
     if not ('://' in checkpoint or osp.isfile(checkpoint)):
         raise UserError(f'checkpoint not found: {checkpoint}')
     images = collect_images(inputs)
@@ -158,13 +169,16 @@ def infer(config: str, checkpoint: str, inputs: Sequence[str], out_dir: str,
         if device not in (None, 'cpu'):
             raise UserError('--backend onnxruntime runs on the CPU; drop --device')
         device = 'cpu'
+        if amp:
+            raise UserError('--amp applies to the pytorch backend; drop it with '
+                            '--backend onnxruntime')
     if device is None:
         import torch
         device = 'cuda' if torch.cuda.is_available() else 'cpu'
     os.makedirs(out_dir, exist_ok=True)
     req = types.SimpleNamespace(checkpoint=checkpoint, out_dir=out_dir, device=device,
                                 score_thr=score_thr, topk=topk, backend=backend,
-                                threads=threads)
+                                threads=threads, amp=amp)
     written = INFER[scope.name](cfg, req, images)
     print(f'{len(images)} image(s) done; results in ' + ', '.join(written))
     return written

@@ -156,9 +156,11 @@ def test_infer_writes_drawn_predictions(workspace, tool_configs, tmp_path, capsy
     one = str(workspace / 'data' / folder / images[0])
     out = tmp_path / 'infer'
     tool = _load_tool('infer.py')
-    # a single image and a folder (all its images)
+    # a single image and a folder (all its images); the detector with --amp (backbone +
+    # neck in bf16, boxes and NMS in float32)
+    amp = ['--amp'] if kind == 'det' else []
     assert tool.main([tool_configs[kind], str(ckpt), one, str(workspace / 'data' / folder),
-                      '--out-dir', str(out), '--device', 'cpu', '--topk', '2']) == 0
+                      '--out-dir', str(out), '--device', 'cpu', '--topk', '2', *amp]) == 0
     assert f'{1 + len(images)} image(s) done' in capsys.readouterr().out
     assert len(_pngs(out / 'vis')) == len(images)  # same names: the drawings overwrite
     if kind == 'cls':
@@ -181,6 +183,9 @@ def test_infer_user_errors(tool_configs, tmp_path, capsys):
     # checkpoints that exist but would load nothing (the inferencers only log that)
     image = str(tmp_path / 'x.png')
     mmcv.imwrite(np.zeros((32, 32, 3), np.uint8), image)
+    assert tool.main([tool_configs['cls'], str(ckpt), image, '--backend', 'onnxruntime',
+                      '--amp', '--out-dir', str(tmp_path / 'o')]) == 2
+    assert capsys.readouterr().err.startswith('error: --amp applies to the pytorch backend')
     official, other = tmp_path / 'official.pth', tmp_path / 'other.pth'
     torch.save({'model': {'layers.0.blocks.0.norm.weight': torch.ones(4)}}, official)
     torch.save({'state_dict': {'encoder.weight': torch.ones(4)}}, other)

@@ -22,12 +22,13 @@ def _train_epochs(out):
 def scripts_run(e2e_root, tmp_path_factory, tiny_config, script_tools, e2e):
     """(folder, config, E2ERun) of Mask R-CNN-Nano (its real depths) through tools/train.py
     (validating after each epoch; ``--resume CKPT``) and tools/test.py with --out and
-    --show-dir."""
+    --show-dir and --amp (backbone + neck in bf16 on the CPU)."""
     folder = tmp_path_factory.mktemp('scripts_e2e')
     config = tiny_config(folder, 'det')
     run = e2e(script_tools(e2e_root), config, folder, 'det',
               train_args=['--cfg-options', 'train_cfg.val_begin=1'],
-              test_args=['--out', folder / 'results.pkl', '--show-dir', folder / 'show'])
+              test_args=['--out', folder / 'results.pkl', '--show-dir', folder / 'show',
+                         '--amp'])
     return folder, config, run
 
 
@@ -42,6 +43,7 @@ def test_train_resume_and_test_scripts(scripts_run, dump_and_drawings):
     assert (run.last['message_hub']['runtime_info']['iter'],
             run.last['message_hub']['runtime_info']['epoch']) == (1, 1)
     assert VAL_METRIC['det'] in test
+    assert '--amp: backbone + neck under autocast (torch.bfloat16 on cpu)' in test
     dump_and_drawings(folder / 'results.pkl', folder / 'show', num_images=2)
 
 
