@@ -22,11 +22,12 @@ def amp_dtype(device: str) -> torch.dtype:
     return torch.float16 if str(device).startswith('cuda') else torch.bfloat16
 
 
-def _float32(outputs: Any) -> Any:
+def float32_outputs(outputs: Any) -> Any:
+    """Floating tensors (alone or in a tuple/list: one per feature level) as float32."""
     if isinstance(outputs, torch.Tensor):
         return outputs.float() if outputs.is_floating_point() else outputs
     if isinstance(outputs, (tuple, list)):
-        return type(outputs)(_float32(o) for o in outputs)
+        return type(outputs)(float32_outputs(o) for o in outputs)
     return outputs
 
 
@@ -44,7 +45,7 @@ def autocast_features(model: nn.Module) -> nn.Module:
     def extract_feat(*args, **kwargs):
         with torch.autocast(device, dtype=amp_dtype(device)):
             features = extract(*args, **kwargs)
-        return _float32(features)
+        return float32_outputs(features)
 
     inner.extract_feat = extract_feat
     print_log(f'--amp: backbone + neck under autocast ({amp_dtype(device)} on {device}), '

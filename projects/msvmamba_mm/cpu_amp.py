@@ -16,6 +16,8 @@ from mmengine.optim import OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS
 from torch import nn
 
+from .amp_inference import float32_outputs
+
 
 @OPTIM_WRAPPERS.register_module(force=True)
 class CPUBf16OptimWrapper(OptimWrapper):
@@ -52,7 +54,7 @@ class CPUBf16OptimWrapper(OptimWrapper):
 
             def extract_feat(*args, **kwargs):
                 with torch.autocast('cpu', dtype=self.cast_dtype):
-                    return _float32(extract(*args, **kwargs))
+                    return float32_outputs(extract(*args, **kwargs))
 
             inner.extract_feat = extract_feat
             try:
@@ -63,11 +65,3 @@ class CPUBf16OptimWrapper(OptimWrapper):
                 else:
                     del inner.extract_feat
 
-
-def _float32(features):
-    """bf16 feature maps (a tensor, or a tuple/list of them: one per level) as float32."""
-    if isinstance(features, torch.Tensor):
-        return features.float() if features.is_floating_point() else features
-    if isinstance(features, (tuple, list)):
-        return type(features)(_float32(f) for f in features)
-    return features
