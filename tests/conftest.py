@@ -24,8 +24,9 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 # ---------------------------------------------------------------------------------------
-# Running in parallel (pytest-xdist: CI runs ``pytest tests -n 2 --dist loadscope``, which keeps
-# each module on one worker, so a module-scoped set-up such as an ONNX export is made once)
+# Running in parallel (pytest-xdist: CI runs ``pytest tests -n 2 --dist loadscope
+# --no-loadscope-reorder``, which keeps each module on one worker, so a module-scoped set-up
+# such as an ONNX export is made once)
 
 
 def pytest_configure(config):
@@ -40,9 +41,10 @@ def pytest_configure(config):
         torch.set_num_threads(int(os.environ['OMP_NUM_THREADS']))
 
 
-# The longest modules start first, so that neither worker is left with one at the end
-# (loadscope hands modules out in collection order): the quick start (~3 min on one
-# worker) and the per-config end-to-end runs (~5 min, one module).
+# The longest modules start first, so that neither worker is left with one at the end:
+# the quick start (~3 min on one worker) and the per-config end-to-end runs (~5 min, one
+# module). With --no-loadscope-reorder loadscope hands modules out in collection order;
+# its default order, by number of tests, would start the two-test quick start last.
 LONGEST_MODULES = ('tests/tools/test_quick_start.py', 'tests/configs/test_configs_e2e.py')
 
 
