@@ -16,8 +16,13 @@ with :func:`read_metadata`). The selective scan is exported as the chunked plain
 pooling) as slices and means (:class:`SlicedAdaptiveAvgPool2d`): no custom-op library is
 needed.
 
+``export_config(..., quantize='int8')`` also writes the file's int8 version
+(:func:`quantize_int8`: onnxruntime.quantization's dynamic quantization of the MatMul
+weights; standard ONNX ops, see docs/deployment.md, int8).
+
 Public API: :func:`export_config` (what ``tools/deployment/pytorch2onnx.py`` runs),
-:func:`load_model`, :func:`export`, :func:`read_metadata`, :func:`ort_session`,
+:func:`load_model`, :func:`export`, :func:`read_metadata`, :func:`normalise`,
+:func:`ort_session`, :func:`quantize_int8`, :func:`int8_path`, :func:`standard_op_types`,
 :func:`relative_errors`, :func:`onnx_network` (``tools/infer.py --backend onnxruntime``),
 :func:`ort_runner`, :func:`openvino_runner`, :func:`ort_profile` (``benchmark_onnx.py``),
 :class:`ExportWrapper`, :class:`SlicedAdaptiveAvgPool2d`, :func:`exportable_pooling`.
@@ -222,13 +227,31 @@ def export(model: nn.Module, task: str, out: str, example: torch.Tensor, dynamic
 
 
 def read_metadata(path: str) -> Dict:
-    """The metadata this tool writes (``task``, ``input_name``, ``preprocess``, ...)."""
+    """The metadata this tool writes (``task``, ``input_name``, ``preprocess``, ...; an
+    int8 file also ``precision``, ``quantization`` and ``float_model``)."""
     import onnx
     proto = onnx.load(path, load_external_data=False)
     meta = {p.key: p.value for p in proto.metadata_props}
-    if 'preprocess' in meta:
-        meta['preprocess'] = json.loads(meta['preprocess'])
+    for key in ('preprocess', 'quantization', 'float_model'):
+        if key in meta:
+            meta[key] = json.loads(meta[key])
     return meta
+
+
+def normalise(path: str, meta: Dict, size: Optional[Sequence[int]] = None) -> torch.Tensor:
+    """The image file ``path`` as a (1, 3, H, W) float32 input, prepared from an exported
+    file's metadata (:func:`read_metadata`) alone: read with mmcv (BGR), resized to
+    ``size`` (H, W) if given, channel order, mean and std as the metadata says."""
+    import mmcv
+    image = mmcv.imread(str(path))
+    if size is not None:
+        image = mmcv.imresize(image, tuple(size)[::-1])
+    pre = meta['preprocess']
+    if pre['rgb']:
+        image = image[..., ::-1]
+    x = torch.from_numpy(image.copy()).float()
+    x = (x - torch.tensor(pre['mean'])) / torch.tensor(pre['std'])
+    return x.permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
 def ort_session(path: str, threads: Optional[int] = None, spinning: Optional[bool] = None,
@@ -298,6 +321,83 @@ def ort_profile(path: str, threads: int, x: torch.Tensor, runs: int = 3,
     return lines
 
 
+# --quantize: the one precision offered, and what it does by default (docs/deployment.md,
+# int8: the choices were measured there)
+QUANTIZATIONS = ('int8', )
+INT8_OP_TYPES = ('MatMul', )
+INT8_PER_CHANNEL = False
+STANDARD_DOMAINS = ('', 'ai.onnx')
+
+
+def int8_path(path: str) -> str:
+    """Where ``--quantize int8`` writes the int8 version of the float file ``path``."""
+    stem = path[:-len('.onnx')] if path.endswith('.onnx') else path
+    return stem + '.int8.onnx'
+
+
+def standard_op_types(path: str) -> Dict[str, int]:
+    """``{op type: count}`` of the file's graph; a :class:`UserError` if any node is
+    outside the standard ONNX domain (a runtime would need a custom-op library)."""
+    import collections
+    import onnx
+    proto = onnx.load(path, load_external_data=False)
+    custom = sorted({f'{n.domain}::{n.op_type}' for n in proto.graph.node
+                     if n.domain not in STANDARD_DOMAINS})
+    if custom:
+        raise UserError(f'{path} holds non-standard ops ({", ".join(custom)}); the '
+                        'exported files must run on any ONNX runtime')
+    return dict(collections.Counter(n.op_type for n in proto.graph.node))
+
+
+def quantize_int8(float_path: str, out: str, op_types: Sequence[str] = INT8_OP_TYPES,
+                  per_channel: bool = INT8_PER_CHANNEL, reduce_range: bool = False) -> Dict:
+    """Write ``out``, the dynamically quantized version of the float32 ONNX file
+    ``float_path`` (``onnxruntime.quantization.quantize_dynamic``): the weights of the
+    ``op_types`` nodes (MatMul: every linear layer but the 2-D head, which the exporter
+    writes as Gemm and dynamic quantization leaves in float) become int8 constants
+    (``per_channel``: one scale per output column), and at run time each activation
+    entering them is quantized to uint8 with its own range (DynamicQuantizeLinear ->
+    MatMulInteger -> scale). ``reduce_range`` (7-bit weights) is for CPUs without VNNI,
+    whose u8 x s8 instruction can saturate. The file keeps the float file's metadata plus
+    ``precision``, ``quantization`` (the settings) and ``float_model`` (its name and
+    sha256). Returns ``{op type: count}`` of the written graph (standard ONNX ops only,
+    :func:`standard_op_types`)."""
+    import hashlib
+    import tempfile
+    import onnx
+    from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
+    os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        # ONNX Runtime's basic graph optimisation (constant folding; standard ops) first:
+        # the float file computes the ConvFFN's weights at run time (Flatten and
+        # Transpose of the 1 x 1 conv kernels), and the quantizer only takes MatMuls
+        # whose weight is stored
+        folded = osp.join(tmp, 'folded.onnx')
+        quant_pre_process(float_path, folded, skip_symbolic_shape=True)
+        quantize_dynamic(folded, out, op_types_to_quantize=list(op_types),
+                         per_channel=per_channel, reduce_range=reduce_range,
+                         weight_type=QuantType.QInt8)
+    with open(float_path, 'rb') as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    settings = dict(method='onnxruntime.quantization.quantize_dynamic',
+                    op_types=list(op_types), weights='int8 (symmetric), '
+                    + ('per output channel' if per_channel else 'per tensor'),
+                    activations='uint8, range of each input at run time',
+                    reduce_range=bool(reduce_range))
+    proto = onnx.load(out)
+    meta = {p.key: p.value for p in onnx.load(float_path, load_external_data=False)
+            .metadata_props}
+    meta.update(precision='int8 dynamic', quantization=json.dumps(settings),
+                float_model=json.dumps(dict(file=osp.basename(float_path), sha256=digest)))
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, out)
+    onnx.checker.check_model(out, full_check=True)
+    return standard_op_types(out)
+
+
 def relative_errors(model: nn.Module, task: str, session,
                     x: torch.Tensor) -> Dict[str, float]:
     """max |onnxruntime - PyTorch| / max |PyTorch| per output on input ``x``."""
@@ -319,14 +419,20 @@ def relative_errors(model: nn.Module, task: str, session,
 def export_config(config: str, checkpoint: Optional[str], out: str,
                   shape: Sequence[int] = (224, 224), batch_size: int = 1,
                   dynamic: bool = False, opset: int = DEFAULT_OPSET, check: bool = True,
-                  cfg_options: Optional[dict] = None) -> Dict:
+                  cfg_options: Optional[dict] = None, quantize: Optional[str] = None) -> Dict:
     """Export ``config``'s model with ``checkpoint``'s weights to ``out``, run
     ``onnx.checker`` and (``check``) compare ONNX Runtime with PyTorch on a random input
-    of the export shape; prints what was written. Returns ``dict(task, outputs, errors)``
-    (``errors``: :func:`relative_errors`, empty without ``check``). A bad request (opset,
-    scope, checkpoint, shape) or a parity error over 1e-4 is a :class:`UserError`."""
+    of the export shape; prints what was written. ``quantize='int8'`` also writes
+    :func:`int8_path` (``out``) with :func:`quantize_int8` and (``check``) prints its
+    relative error against the float32 file in ONNX Runtime. Returns ``dict(task, outputs,
+    errors)`` (``errors``: :func:`relative_errors`, empty without ``check``; with int8 also
+    ``int8_path``, ``int8_ops`` and ``int8_error``). A bad request (opset, scope,
+    checkpoint, shape, quantization) or a parity error over 1e-4 is a :class:`UserError`."""
     if opset < MIN_OPSET:
         raise UserError(f'--opset {opset}: opset {MIN_OPSET} or newer is needed')
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise UserError(f'--quantize {quantize}: not a supported precision; choose from '
+                        f'{", ".join(QUANTIZATIONS)} (dynamic int8 quantization)')
     model, cfg, task = load_model(config, checkpoint, cfg_options)
     pre = preprocessing(cfg)
     check_shape(model, task, shape, pre['size_divisor'])
@@ -345,16 +451,45 @@ def export_config(config: str, checkpoint: Optional[str], out: str,
           f'mean {pre["mean"]}, std {pre["std"]}'
           + (f', padded to multiples of {pre["size_divisor"]}' if task == 'detection' else ''))
     print(f'outputs: {", ".join(names)}')
-    errors = {}
+    errors, session = {}, None
     if check:
-        errors = relative_errors(model, task, ort_session(out), example)
+        session = ort_session(out)
+        errors = relative_errors(model, task, session, example)
         worst = max(errors.values())
         print('parity (onnxruntime vs PyTorch, max |diff| / max |PyTorch|, input '
               f'{tuple(example.shape)}): ' + ', '.join(f'{k} {v:.2e}' for k, v in errors.items()))
         if not worst <= 1e-4:
             raise UserError(f'onnxruntime differs from PyTorch by {worst:.2e} (> 1e-4) '
                             f'relative; the export of {config} is not faithful')
-    return dict(task=task, outputs=names, errors=errors)
+    result = dict(task=task, outputs=names, errors=errors)
+    if quantize is not None:
+        result.update(_write_int8(out, session, example))
+    return result
+
+
+def _write_int8(out: str, session, example: torch.Tensor) -> Dict:
+    """``export_config``'s int8 step: quantize ``out``, say what was written and, given
+    the float32 file's ``session``, compare the two files on ``example``."""
+    path, start = int8_path(out), time.time()
+    ops = quantize_int8(out, path)
+    print(f'int8: wrote {path} ({osp.getsize(path) / 2**20:.1f} MiB, dynamic quantization '
+          f'of {ops.get("MatMulInteger", 0)} MatMul weights, {time.time() - start:.0f} s); '
+          'standard ONNX ops only (' + ', '.join(f'{op} {n}' for op, n in sorted(ops.items())
+                                                  if 'Integer' in op or 'Quantize' in op) + ')')
+    result = dict(int8_path=path, int8_ops=ops)
+    if session is not None:
+        feed = {INPUT_NAME: example.numpy()}
+        want, got = (torch.from_numpy(runner.run(None, feed)[0]).double()
+                     for runner in (session, ort_session(path)))
+        result['int8_error'] = error = ((got - want).abs().max()
+                                        / want.abs().max().clamp_min(1e-30)).item()
+        print(f'int8 vs float32 (onnxruntime, max |diff| / max |float32|, input '
+              f'{tuple(example.shape)}): {error:.2e}; random input: accuracy is measured '
+              'on a trained model (docs/deployment.md, int8)')
+        if not error < 1:
+            raise UserError(f'the int8 file differs from the float32 one by {error:.2e} '
+                            f'relative (not < 1): {path} is not usable')
+    return result
 
 
 def onnx_network(path: str, task: str, threads: Optional[int] = None) -> Callable:

@@ -46,6 +46,10 @@ EXPORT_SHAPE = ['--shape', '64', '64']  # traced at 1 x 64 x 64; the files take 
 # the tool's own parity check builds an ONNX Runtime session (26 s of v3-Tiny's 87 s
 # export); the tests below check more, so only one model also runs the tool's check
 TOOL_CHECKED = {'nano_cls'}
+# exported with --quantize int8 too (the tool's int8 step and its int8 vs float32 check)
+INT8_MODEL = 'nano_cls'
+# int8 vs float32 logits, max |diff| / max |float32| (measured: see docs/deployment.md, int8)
+INT8_BOUND = 5e-2
 # (batch, H, W)
 INPUTS = [(1, 224, 224), (1, 97, 131), (3, 64, 96)]
 
@@ -72,6 +76,8 @@ def exports(tmp_path_factory):
             ckpt = _checkpoint(MODELS[name], folder)
             out = str(folder / 'model.onnx')
             check = [] if name in TOOL_CHECKED else ['--no-check']
+            if name == INT8_MODEL:
+                check += ['--quantize', 'int8']
             assert pytorch2onnx.main([config, ckpt, '--out', out, '--dynamic']
                                      + EXPORT_SHAPE + check) == 0
             model, _, task = deploy.load_model(config, ckpt)
@@ -180,3 +186,73 @@ def test_clear_errors(tmp_path, capsys):
     for argv, message in cases:
         assert pytorch2onnx.main(argv + ['--out', out]) == 2
         assert message in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ --quantize int8
+
+@pytest.fixture(scope='module')
+def int8_export(exports):
+    """(float32 session, int8 session, float32 file, int8 file) of ``INT8_MODEL``; the
+    int8 file is loaded by a plain ``InferenceSession`` (no options, no custom-op
+    library)."""
+    import onnxruntime as ort
+    _, _, session, path, _ = exports(INT8_MODEL)
+    int8 = deploy.int8_path(path)
+    return session, ort.InferenceSession(int8, providers=['CPUExecutionProvider']), path, int8
+
+
+def _constant_weight_matmuls(proto) -> int:
+    """MatMul nodes of a float graph whose second input is a stored weight."""
+    weights = {t.name for t in proto.graph.initializer}
+    weights |= {o for n in proto.graph.node if n.op_type == 'Constant' for o in n.output}
+    return sum(n.op_type == 'MatMul' and n.input[1] in weights for n in proto.graph.node)
+
+
+def test_int8_file_holds_standard_ops_and_metadata(int8_export):
+    import hashlib
+    import onnx
+    _, _, path, int8 = int8_export
+    assert int8 == path[:-len('.onnx')] + '.int8.onnx'
+    proto, float_proto = onnx.load(int8), onnx.load(path)
+    assert {n.domain for n in proto.graph.node} <= {'', 'ai.onnx'}
+    ops = deploy.standard_op_types(int8)
+    # every linear layer's weight is int8 now: no float MatMul on a stored weight is left
+    # (more than the float file stores: the ConvFFN's weights are folded first); the
+    # MatMuls kept in float multiply two activations
+    assert ops['MatMulInteger'] >= _constant_weight_matmuls(float_proto) > 10, ops
+    assert _constant_weight_matmuls(proto) == 0
+    assert 0 < ops['DynamicQuantizeLinear'] <= ops['MatMulInteger'], ops
+    assert osp.getsize(int8) < 0.5 * osp.getsize(path)
+    meta, float_meta = deploy.read_metadata(int8), deploy.read_metadata(path)
+    assert meta['precision'] == 'int8 dynamic' and 'precision' not in float_meta
+    assert meta['quantization']['op_types'] == ['MatMul']
+    with open(path, 'rb') as f:
+        assert meta['float_model'] == dict(file=osp.basename(path),
+                                           sha256=hashlib.sha256(f.read()).hexdigest())
+    for key in ('task', 'input_name', 'preprocess', 'config', 'dynamic'):
+        assert meta[key] == float_meta[key], key
+
+
+def test_int8_outputs_close_to_float32(int8_export):
+    """Random weights and input: closeness only (accuracy needs a trained model:
+    docs/deployment.md, int8)."""
+    session, int8_session, _, _ = int8_export
+    x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(3)).numpy()
+    want, got = (torch.from_numpy(s.run(None, {'input': x})[0]).double()
+                 for s in (session, int8_session))
+    err = ((got - want).abs().max() / want.abs().max()).item()
+    assert 1e-4 < err <= INT8_BOUND, err  # really quantized, and close
+
+
+def test_bad_quantize_value(tmp_path, capsys):
+    nano = osp.join(REPO, MODELS['nano_cls'])
+    out = str(tmp_path / 'x.onnx')
+    with pytest.raises(SystemExit) as exc:
+        pytorch2onnx.main([nano, 'x.pth', '--out', out, '--quantize', 'int4'])
+    assert exc.value.code == 2
+    assert "argument --quantize: invalid choice: 'int4' (choose from 'int8')" in \
+        capsys.readouterr().err
+    # the package function, called directly, says so before any work
+    with pytest.raises(deploy.UserError, match='--quantize fp8: not a supported precision; '
+                       'choose from int8'):
+        deploy.export_config(nano, None, out, quantize='fp8')

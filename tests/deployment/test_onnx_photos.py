@@ -10,7 +10,8 @@ The photographs (tests/data/images, see its README) are read with mmcv and norma
 the file's own metadata, as a deployment would, at their own uneven sizes (512 x 512,
 300 x 451, 400 x 600), resized to 224 x 224, and as one batch of three. Each logits
 tensor must be within 1e-4 (max |diff| / max |PyTorch|) of ``model(x, mode='tensor')``.
-About 1 min on 2 cores (most of it the export)."""
+About 1 min on 2 cores (most of it the export). The same file quantized to int8
+(``pytorch2onnx.py --quantize int8``) runs on the photographs too."""
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 CONFIG = str(REPO / 'configs' / 'msvmamba_t_in1k.py')
 PHOTOS = sorted((REPO / 'tests' / 'data' / 'images').glob('*.jpg'))
+# int8 vs float32 logits, max |diff| / max |float32| (measured: see docs/deployment.md, int8)
+INT8_BOUND = 2e-1  # measured 1.2e-1 on the seeded Tiny (2026-12-07)
 
 
 @pytest.fixture(scope='module')
@@ -44,20 +47,6 @@ def tiny_export(tmp_path_factory):
     return model, deploy.ort_session(out, threads=2), out
 
 
-def normalised(path: Path, meta: dict, size=None) -> torch.Tensor:
-    """(1, 3, H, W) float32 input, prepared from the ONNX file's metadata alone."""
-    import mmcv
-    image = mmcv.imread(str(path))  # BGR, uint8
-    if size is not None:
-        image = mmcv.imresize(image, size[::-1])
-    pre = meta['preprocess']
-    if pre['rgb']:
-        image = image[..., ::-1]
-    x = torch.from_numpy(image.copy()).float()
-    x = (x - torch.tensor(pre['mean'])) / torch.tensor(pre['std'])
-    return x.permute(2, 0, 1).unsqueeze(0).contiguous()
-
-
 def test_photos_are_real_and_uneven():
     assert [p.name for p in PHOTOS] == ['astronaut.jpg', 'chelsea.jpg', 'coffee.jpg']
 
@@ -66,11 +55,11 @@ def test_onnxruntime_matches_pytorch_on_photographs(tiny_export):
     model, session, path = tiny_export
     meta = deploy.read_metadata(path)
     assert meta['task'] == 'classification'
-    inputs = {p.stem: normalised(p, meta) for p in PHOTOS}
+    inputs = {p.stem: deploy.normalise(p, meta) for p in PHOTOS}
     assert {tuple(x.shape[2:]) for x in inputs.values()} == {(512, 512), (300, 451),
                                                             (400, 600)}
     inputs['batch of 3 at 224 x 224'] = torch.cat(
-        [normalised(p, meta, (224, 224)) for p in PHOTOS])
+        [deploy.normalise(p, meta, (224, 224)) for p in PHOTOS])
     errors = {}
     for name, x in inputs.items():
         # the photographs, not noise: the inputs span the normalised range
@@ -83,3 +72,24 @@ def test_onnxruntime_matches_pytorch_on_photographs(tiny_export):
     with torch.no_grad():
         logits = model(inputs['batch of 3 at 224 x 224'], mode='tensor')
     assert logits.shape == (3, 1000) and (logits[0] - logits[1]).abs().max() > 1e-3
+
+
+def test_int8_on_photographs(tiny_export, tmp_path):
+    """``--quantize int8`` of the same file (deploy.quantize_int8, what the tool runs) on
+    the batch of three photographs: logits within INT8_BOUND of float32, and float32's
+    top-1 class for each. The second does not hold yet (measured 2026-12-07: the same
+    class on 1 of 3, relative error 1.2e-1; docs/deployment.md, int8): the test reports
+    it as an expected failure until the quantization keeps the seeded Tiny's classes."""
+    _, session, path = tiny_export
+    int8 = str(tmp_path / 't.int8.onnx')
+    deploy.quantize_int8(path, int8)
+    meta = deploy.read_metadata(path)
+    x = torch.cat([deploy.normalise(p, meta, (224, 224)) for p in PHOTOS]).numpy()
+    want, got = (torch.from_numpy(s.run(None, {meta['input_name']: x})[0])
+                 for s in (session, deploy.ort_session(int8, threads=2)))
+    err = ((got - want).abs().max() / want.abs().max()).item()
+    print(f'int8 vs float32 on the photographs: top-1 {got.argmax(1).tolist()} vs '
+          f'{want.argmax(1).tolist()}, rel err {err:.1e}')
+    assert 1e-4 < err <= INT8_BOUND, err
+    if got.argmax(1).tolist() != want.argmax(1).tolist():
+        pytest.xfail('int8 changes the top-1 class of the seeded Tiny on a photograph')

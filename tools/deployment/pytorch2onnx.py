@@ -2,20 +2,24 @@
 """Export a model of a config to ONNX (standard ops only) and check it with ONNX Runtime.
 
     python tools/deployment/pytorch2onnx.py CONFIG CHECKPOINT --out FILE \\
-        [--shape H W] [--dynamic] [--opset 18] [--batch-size 1] [--cfg-options K=V ...]
+        [--shape H W] [--dynamic] [--opset 18] [--batch-size 1] [--quantize int8] \\
+        [--cfg-options K=V ...]
 
 Classification and segmentation configs export ``model(x, mode='tensor')`` (the logits),
 detection configs ``model.extract_feat(x)`` (backbone + neck features; heads and NMS stay
 in PyTorch). The input ``input`` is a float32 (N, 3, H, W) batch normalised as the
 config's ``data_preprocessor`` does; the file's metadata records how. ``--dynamic`` makes
 N, H and W dynamic. The tool runs ``onnx.checker``, prints the file size and compares ONNX
-Runtime with PyTorch on a random input of the export shape. The implementation is
+Runtime with PyTorch on a random input of the export shape. ``--quantize int8`` also
+writes FILE's dynamically quantized version (int8 MatMul weights, activations quantized
+at run time; standard ONNX ops) as FILE with ``.int8.onnx`` for ``.onnx``. The implementation is
 projects/msvmamba_mm/deploy.py; details in docs/deployment.md.
 """
 import argparse
 import sys
 
-from projects.msvmamba_mm.deploy import DEFAULT_OPSET, MIN_OPSET, export_config
+from projects.msvmamba_mm.deploy import (DEFAULT_OPSET, MIN_OPSET, QUANTIZATIONS, export_config,
+                                         int8_path)
 from projects.msvmamba_mm.tooling import add_config_arguments, image_shape, run_main
 
 
@@ -34,6 +38,10 @@ def parse_args(argv=None):
                         help='make batch, height and width dynamic')
     parser.add_argument('--opset', type=int, default=DEFAULT_OPSET,
                         help=f'ONNX opset (>= {MIN_OPSET}; default {DEFAULT_OPSET})')
+    parser.add_argument('--quantize', choices=QUANTIZATIONS,
+                        help='also write a dynamically quantized version of --out: int8 '
+                        'MatMul weights, activations quantized at run time (onnxruntime.'
+                        f'quantization), to {int8_path("FILE.onnx")}')
     parser.add_argument('--no-check', action='store_true',
                         help='skip the ONNX Runtime vs PyTorch parity check')
     args = parser.parse_args(argv)
@@ -44,7 +52,8 @@ def parse_args(argv=None):
 def run(argv=None) -> None:
     args = parse_args(argv)
     export_config(args.config, args.checkpoint, args.out, args.shape, args.batch_size,
-                  args.dynamic, args.opset, not args.no_check, args.cfg_options)
+                  args.dynamic, args.opset, not args.no_check, args.cfg_options,
+                  args.quantize)
 
 
 def main(argv=None) -> int:
