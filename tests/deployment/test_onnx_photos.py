@@ -76,11 +76,12 @@ def test_onnxruntime_matches_pytorch_on_photographs(tiny_export):
 
 def test_int8_on_photographs(tiny_export, tmp_path):
     """``--quantize int8`` of the same file (deploy.quantize_int8, what the tool runs) on
-    the batch of three photographs: logits within INT8_BOUND of float32, and float32's
-    top-1 class for each. The second does not hold (measured 2026-12-07: the same class
-    on 1 of 3, relative error 1.2e-1, where the seeded weights' top two classes are 0.5-1%
-    of the largest logit apart; docs/deployment.md, int8): the test reports it as an
-    expected failure."""
+    the batch of three photographs: logits within INT8_BOUND of float32. Top-1 agreement
+    is not asked of the seeded weights: int8's error (1.2e-1 of the largest logit,
+    measured 2026-12-07) exceeds the gaps between their top classes, and int8 picked
+    another class on 2 of 3 photographs, which float32 had 1.7% and 3.5% of the largest
+    logit below its top-1 (docs/deployment.md, int8). A trained model's top-1 is the
+    figure to take (benchmark_onnx.py --int8-accuracy)."""
     _, session, path = tiny_export
     int8 = str(tmp_path / 't.int8.onnx')
     deploy.quantize_int8(path, int8)
@@ -92,6 +93,3 @@ def test_int8_on_photographs(tiny_export, tmp_path):
     print(f'int8 vs float32 on the photographs: top-1 {got.argmax(1).tolist()} vs '
           f'{want.argmax(1).tolist()}, rel err {err:.1e}')
     assert 1e-4 < err <= INT8_BOUND, err
-    if got.argmax(1).tolist() != want.argmax(1).tolist():
-        pytest.xfail('int8 changes the top-1 class of the seeded Tiny on a photograph '
-                    '(near-ties: docs/deployment.md, int8)')
