@@ -186,6 +186,9 @@ def test_clear_errors(tmp_path, capsys):
     for argv, message in cases:
         assert pytorch2onnx.main(argv + ['--out', out]) == 2
         assert message in capsys.readouterr().err
+    benchmark_onnx = load_tool('analysis_tools/benchmark_onnx.py')
+    assert benchmark_onnx.main(['--onnx', out, '--int8']) == 2  # no file was written
+    assert f'{out}: no such ONNX file' in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ --quantize int8

@@ -77,6 +77,12 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    for given in filter(None, [args.onnx, *args.compare]):
+        if not osp.isfile(given):
+            print(f'error: {given}: no such ONNX file (export one with '
+                  'tools/deployment/pytorch2onnx.py, or leave out --onnx to export the '
+                  f'{args.arch} classifier to a temporary file)', file=sys.stderr)
+            return 2
     torch.set_num_threads(args.threads)
     if args.int8_accuracy:
         int8_accuracy(args.int8_accuracy, args.threads)
