@@ -219,8 +219,11 @@ def make_ade20k(root: str, splits: Optional[Dict[str, int]] = None,
 
 def make_imagenet(root: str, splits: Optional[Dict[str, int]] = None,
                   size: Tuple[int, int] = (64, 64), seed: int = 0,
-                  classes: Sequence[str] = SHAPE_KINDS[:3]) -> dict:
-    """ImageNet-style classification folders; ``splits`` counts images per class."""
+                  classes: Sequence[str] = SHAPE_KINDS[:3],
+                  class_colors: bool = False) -> dict:
+    """ImageNet-style classification folders; ``splits`` counts images per class.
+    ``class_colors``: the shape of class i is drawn in ``CLASS_COLORS[i]`` (a task a small
+    model learns in a few hundred steps; shape alone, in random colours, takes longer)."""
     splits = splits or DEFAULT_SPLITS
     h, w = size
     os.makedirs(osp.join(root, 'meta'), exist_ok=True)
@@ -229,8 +232,12 @@ def make_imagenet(root: str, splits: Optional[Dict[str, int]] = None,
         lines = []
         for label, name in enumerate(classes):
             for i in range(per_class):
-                image, _ = draw_scene(rng, h, w, [name], max_shapes=1,
-                                      min_radius=min(h, w) / 6)
+                image, records = draw_scene(rng, h, w, [name], max_shapes=1,
+                                            min_radius=min(h, w) / 6)
+                if class_colors:  # draw_scene sees one kind here: label 0
+                    for record in records:
+                        image[record['mask'].astype(bool)] = CLASS_COLORS[
+                            label % len(CLASS_COLORS)]
                 rel = f'{name}/{name}_{i:05d}.jpg'
                 _save_jpg(image, osp.join(root, split, rel))
                 lines.append(f'{rel} {label}\n')
@@ -239,7 +246,7 @@ def make_imagenet(root: str, splits: Optional[Dict[str, int]] = None,
     with open(osp.join(root, 'meta', 'classes.txt'), 'w') as f:
         f.writelines(f'{c}\n' for c in classes)
     _write_meta(root, format='imagenet', classes=list(classes), splits=splits,
-                size=list(size), seed=seed)
+                size=list(size), seed=seed, **(dict(class_colors=True) if class_colors else {}))
     return dict(classes=tuple(classes))
 
 
