@@ -8,7 +8,7 @@ numpy conversions take no bf16). On the CPU the dtype is bfloat16, and the backb
 CPU ops stay on under it where the CPU has avx512_bf16 or AMX
 (``msvmamba_ops.cpu_fused.why_not_fast_path``); on CUDA float16.
 """
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from mmengine.logging import print_log
@@ -31,6 +31,19 @@ def float32_outputs(outputs: Any) -> Any:
     return outputs
 
 
+def features_under_autocast(extract_feat: Callable, device: str,
+                            dtype: torch.dtype) -> Callable:
+    """``extract_feat`` run under ``torch.autocast(device, dtype)``, its features returned
+    as float32 (for inference here and for CPU bf16 training, ``cpu_amp``)."""
+
+    def run(*args, **kwargs):
+        with torch.autocast(device, dtype=dtype):
+            features = extract_feat(*args, **kwargs)
+        return float32_outputs(features)
+
+    return run
+
+
 def autocast_features(model: nn.Module) -> nn.Module:
     """Make ``model.extract_feat`` (of the model itself, or of the one a DDP / test-time
     augmentation wrapper holds as ``module``) run under autocast on its parameters' device
@@ -41,13 +54,7 @@ def autocast_features(model: nn.Module) -> nn.Module:
         raise UserError(f'--amp: {type(inner).__name__} has no extract_feat (backbone + neck) '
                         'to run in reduced precision; run without --amp')
     device = next(inner.parameters()).device.type
-
-    def extract_feat(*args, **kwargs):
-        with torch.autocast(device, dtype=amp_dtype(device)):
-            features = extract(*args, **kwargs)
-        return float32_outputs(features)
-
-    inner.extract_feat = extract_feat
+    inner.extract_feat = features_under_autocast(extract, device, amp_dtype(device))
     print_log(f'--amp: backbone + neck under autocast ({amp_dtype(device)} on {device}), '
               'heads in float32', logger='current')
     return model

@@ -16,7 +16,7 @@ from mmengine.optim import OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS
 from torch import nn
 
-from .amp_inference import float32_outputs
+from .amp_inference import features_under_autocast
 
 
 @OPTIM_WRAPPERS.register_module(force=True)
@@ -51,12 +51,7 @@ class CPUBf16OptimWrapper(OptimWrapper):
                 return
             # features under autocast for the duration of this step, heads in float32
             extract, had_own = inner.extract_feat, 'extract_feat' in vars(inner)
-
-            def extract_feat(*args, **kwargs):
-                with torch.autocast('cpu', dtype=self.cast_dtype):
-                    return float32_outputs(extract(*args, **kwargs))
-
-            inner.extract_feat = extract_feat
+            inner.extract_feat = features_under_autocast(extract, 'cpu', self.cast_dtype)
             try:
                 yield
             finally:
