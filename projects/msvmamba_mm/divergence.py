@@ -36,7 +36,7 @@ from mmengine.registry import HOOKS
 
 from .checkpoints import nonfinite_tensors
 from .errors import UserError
-from .rank_agreement import max_over_ranks
+from .rank_agreement import max_over_ranks, on_any_rank
 
 
 class TrainingDivergedError(UserError):
@@ -162,7 +162,7 @@ class DivergenceGuardHook(Hook):
         if not stepped:
             # no optimizer step this iteration (gradient accumulation, or the AMP loss
             # scaler skipped it): the gradient check comes with the next step
-            if max_over_ranks(bool(_nonfinite_terms(outputs, losses_only=True))):
+            if on_any_rank(bool(_nonfinite_terms(outputs, losses_only=True))):
                 verdict = dict(loss=True, grad=False, norm=None)
         if verdict is None:
             self._bad_in_a_row = 0

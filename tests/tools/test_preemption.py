@@ -496,6 +496,21 @@ def test_skip_bad_steps_skips_a_nan_iteration(train_in):
 # --------------------------------------------------------------------------------------
 # in-process unit tests (no training)
 # --------------------------------------------------------------------------------------
+def test_iteration_without_an_optimizer_step_checks_only_its_loss():
+    """Gradient accumulation (or a step the AMP loss scaler skipped): no optimizer step, so
+    only the loss is checked. A finite loss goes on; a nan loss stops the run. (A bug had
+    every such iteration stop: the agreed flag was a one-element tuple, always true.)"""
+    from types import SimpleNamespace
+
+    from projects.msvmamba_mm.divergence import DivergenceGuardHook, TrainingDivergedError
+    runner = SimpleNamespace(iter=6, message_hub=SimpleNamespace(get_info=lambda key: None))
+    hook = DivergenceGuardHook()
+    for _ in range(2):  # nothing carried over from one iteration to the next
+        hook.after_train_iter(runner, 0, outputs=dict(loss=torch.tensor(0.7), acc=1.0))
+    with pytest.raises(TrainingDivergedError, match='iteration 7: non-finite loss=nan'):
+        hook.after_train_iter(runner, 0, outputs=dict(loss=torch.tensor(float('nan'))))
+
+
 def _save_checkpoints(folder, steps):
     import torch
     for step in steps:
