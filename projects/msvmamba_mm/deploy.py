@@ -425,7 +425,8 @@ def export_config(config: str, checkpoint: Optional[str], out: str,
     of the export shape; prints what was written. ``quantize='int8'`` also writes
     :func:`int8_path` (``out``) with :func:`quantize_int8` and (``check``) prints its
     relative error against the float32 file in ONNX Runtime. Returns ``dict(task, outputs,
-    errors)`` (``errors``: :func:`relative_errors`, empty without ``check``; with int8 also
+    errors, model)`` (``errors``: :func:`relative_errors`, empty without ``check``;
+    ``model``: the PyTorch model it exported, in eval mode; with int8 also
     ``int8_path``, ``int8_ops`` and ``int8_error``). A bad request (opset, scope,
     checkpoint, shape, quantization) or a parity error over 1e-4 is a :class:`UserError`."""
     if opset < MIN_OPSET:
@@ -461,7 +462,7 @@ def export_config(config: str, checkpoint: Optional[str], out: str,
         if not worst <= 1e-4:
             raise UserError(f'onnxruntime differs from PyTorch by {worst:.2e} (> 1e-4) '
                             f'relative; the export of {config} is not faithful')
-    result = dict(task=task, outputs=names, errors=errors)
+    result = dict(task=task, outputs=names, errors=errors, model=model)
     if quantize is not None:
         result.update(_write_int8(out, session, example))
     return result

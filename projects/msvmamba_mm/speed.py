@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from msvmamba_ops import ENV_BACKEND, cpu_fused
+from msvmamba_ops.testing import rel_error
 from projects.msvmamba import msvmamba as msvmamba_module
 
 from . import timing
@@ -147,8 +148,7 @@ def amp_agreement(reference, outputs) -> Tuple[float, Optional[float]]:
     (N, classes) logits the mean share of each row's 5 highest classes that both rank in
     their top 5 (None for other outputs)."""
     pairs = list(zip(_tensors(reference), _tensors(outputs)))
-    rel_err = max(((o.double() - r.double()).abs().max() / r.double().abs().max()).item()
-                  for r, o in pairs)
+    rel_err = max(rel_error(o, r) for r, o in pairs)
     top5 = None
     if len(pairs) == 1 and pairs[0][0].dim() == 2 and pairs[0][0].shape[1] >= 5:
         r, o = (t.float().topk(5, dim=1).indices for t in pairs[0])
@@ -255,26 +255,22 @@ def pytorch_runner(model: nn.Module, fused: bool) -> Callable[[torch.Tensor], to
     return run
 
 
-def compare_runtimes(runners: Dict[str, Callable[[torch.Tensor], object]],
-                     batch_sizes: Sequence[int], shape: Sequence[int], iters: int,
-                     warmup: int, reference: str = 'pytorch fused') -> List[Dict]:
-    """For each batch size: each runner's relative error against ``reference`` (max |diff|
-    / max |reference|) and its seconds per call, the runners alternating, each call timed
-    settled (:func:`.timing.time_alternating` with ``settle=1``). Returns one dict per
-    batch size: ``dict(batch, errors={name: error}, times={name: [seconds]})``."""
-    rows = []
-    for batch in batch_sizes:
-        x = torch.randn(batch, 3, *shape)
-        want = torch.as_tensor(runners[reference](x)).double()
-        errors = {name: ((torch.as_tensor(fn(x)).double() - want).abs().max()
-                         / want.abs().max()).item()
-                  for name, fn in runners.items() if name != reference}
-        # settled: ONNX Runtime's spinning workers must not slow the PyTorch call after it
-        times = timing.time_alternating({name: (lambda fn=fn: fn(x))
-                                         for name, fn in runners.items()}, iters, warmup,
-                                        settle=1)
-        rows.append(dict(batch=batch, errors=errors, times=times))
-    return rows
+def compare_runtimes(runners: Dict[str, Callable[[torch.Tensor], object]], batch: int,
+                     shape: Sequence[int], iters: int, warmup: int,
+                     reference: str = 'pytorch fused') -> Dict:
+    """Each runner's relative error against ``reference`` (max |diff| / max |reference|)
+    and its seconds per call on a random batch, the runners alternating, each call timed
+    settled (:func:`.timing.time_alternating` with ``settle=1``):
+    ``dict(batch, errors={name: error}, times={name: [seconds]})``."""
+    x = torch.randn(batch, 3, *shape)
+    want = torch.as_tensor(runners[reference](x))
+    errors = {name: rel_error(torch.as_tensor(fn(x)), want)
+              for name, fn in runners.items() if name != reference}
+    # settled: ONNX Runtime's spinning workers must not slow the PyTorch call after it
+    times = timing.time_alternating({name: (lambda fn=fn: fn(x))
+                                     for name, fn in runners.items()}, iters, warmup,
+                                    settle=1)
+    return dict(batch=batch, errors=errors, times=times)
 
 
 def runtime_report(row: Dict, reference: str = 'pytorch fused',

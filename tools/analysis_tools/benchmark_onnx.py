@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     if path is None:  # the classifier as pytorch2onnx.py exports models (dynamic N, H, W)
         path = osp.join(tempfile.mkdtemp(), f'msvmamba_{args.arch}.onnx')
         start = time.time()
-        export(model, 'plain', path, torch.randn(1, 3, *args.shape), dynamic=True, opset=18,
+        export(model, 'plain', path, torch.randn(1, 3, *args.shape), dynamic=True, opset=DEFAULT_OPSET,
                metadata={})
         print(f'exported {args.arch} classifier to {path} in {time.time() - start:.0f} s')
     runners = {'pytorch fused': pytorch_runner(model, True),
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
           + ('' if vino is None else f', openvino {__import__("openvino").__version__}')
           + f'; {machine_load()}')
     for batch in args.batch_sizes:
-        row, = compare_runtimes(runners, [batch], args.shape, args.iters, args.warmup)
+        row = compare_runtimes(runners, batch, args.shape, args.iters, args.warmup)
         print('\n'.join(runtime_report(row) + (int8_speed_lines(row) if args.int8 else [])))
         if args.profile and batch == args.batch_sizes[0]:
             print('\n'.join(ort_profile(path, args.threads, torch.randn(batch, 3, *args.shape))))
