@@ -203,16 +203,10 @@ class ConvFFN(nn.Module):
         """The CPU inference fast path (eval: no dropout): linear1's bias, the conv, the
         residual and GELU in one fused op. Under bf16 autocast the linears run in bf16 and
         the fused op in float32."""
-        h = _fused_op_input(F.linear(x, self.linear1.weight.flatten(1)))
+        # (.float() is the tensor itself when it is float32 already)
+        h = F.linear(x, self.linear1.weight.flatten(1)).float()
         g = cpu_fused.convffn_dwconv_gelu(h, self.linear1.bias, self.dwc.weight, self.dwc.bias)
         return F.linear(g, self.linear2.weight.flatten(1), self.linear2.bias)
-
-
-def _fused_op_input(t: torch.Tensor) -> torch.Tensor:
-    """A projection's output as the fused CPU ops take it: float32. Under bf16 autocast the
-    projections return bf16; the fused ops (depthwise convs, scan state, decays, sums,
-    norms) keep computing in float32."""
-    return t if t.dtype == torch.float32 else t.float()
 
 
 class PatchMerging2D(nn.Module):
