@@ -12,6 +12,7 @@ larger sizes test that the file really is dynamic. Segmentation also runs
 ``tools/infer.py --backend onnxruntime`` against its PyTorch path."""
 import importlib.util
 import os.path as osp
+import re
 
 import pytest
 import torch
@@ -189,6 +190,20 @@ def test_clear_errors(tmp_path, capsys):
     benchmark_onnx = load_tool('analysis_tools/benchmark_onnx.py')
     assert benchmark_onnx.main(['--onnx', out, '--int8']) == 2  # no file was written
     assert f'{out}: no such ONNX file' in capsys.readouterr().err
+
+
+def test_benchmark_onnx_times_pytorch_and_onnxruntime(capsys):
+    """benchmark_onnx.py's own path, small: it exports Nano to a temporary file and times
+    both PyTorch paths and ONNX Runtime, alternating, with their parity (~15 s)."""
+    benchmark_onnx = load_tool('analysis_tools/benchmark_onnx.py')
+    assert benchmark_onnx.main(['--arch', 'nano', '--batch-sizes', '1', '--shape', '64', '64',
+                                '--threads', '1', '--iters', '2', '--warmup', '1']) == 0
+    out = capsys.readouterr().out
+    assert 'exported nano classifier to ' in out
+    parity = re.search(r'batch 1 parity, .*: pytorch unfused ([0-9.e+-]+), onnxruntime '
+                       r'([0-9.e+-]+)', out)
+    assert parity and max(map(float, parity.groups())) < 1e-4, out
+    assert re.search(r'onnxruntime: [0-9.]+x pytorch fused', out), out
 
 
 # ------------------------------------------------------------------ --quantize int8

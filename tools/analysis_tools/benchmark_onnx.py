@@ -47,7 +47,8 @@ import torch
 
 from projects.msvmamba.msvmamba import MSVMamba
 from projects.msvmamba_mm.analysis import ArchClassifier
-from projects.msvmamba_mm.deploy import export, openvino_runner, ort_profile, ort_runner
+from projects.msvmamba_mm.deploy import (DEFAULT_OPSET, export, openvino_runner, ort_profile,
+                                         ort_runner)
 from projects.msvmamba_mm.quantized import int8_accuracy, int8_runner, int8_speed_lines
 from projects.msvmamba_mm.speed import compare_runtimes, pytorch_runner, runtime_report
 from projects.msvmamba_mm.timing import machine_load
@@ -93,8 +94,8 @@ def main(argv=None) -> int:
     if path is None:  # the classifier as pytorch2onnx.py exports models (dynamic N, H, W)
         path = osp.join(tempfile.mkdtemp(), f'msvmamba_{args.arch}.onnx')
         start = time.time()
-        export(model, 'plain', path, torch.randn(1, 3, *args.shape), dynamic=True, opset=DEFAULT_OPSET,
-               metadata={})
+        export(model, 'plain', path, torch.randn(1, 3, *args.shape), dynamic=True,
+               opset=DEFAULT_OPSET, metadata={})
         print(f'exported {args.arch} classifier to {path} in {time.time() - start:.0f} s')
     runners = {'pytorch fused': pytorch_runner(model, True),
                'pytorch unfused': pytorch_runner(model, False),
