@@ -339,6 +339,20 @@ def _in_process(main):
     return run
 
 
+@pytest.fixture(scope='module', autouse=True)
+def _default_scope_kept_in_its_module():
+    """mmengine's registries build in the scope of the newest DefaultScope of the
+    process, and every Runner creates one that outlives it. Under pytest-xdist the modules
+    a worker runs before another vary from run to run, so a Runner built for an mmseg
+    config in one module made an unscoped mmpretrain build of the next fail, in some runs
+    only. The scopes a module created are forgotten when it ends."""
+    from mmengine.registry import DefaultScope
+    before = set(DefaultScope._instance_dict)
+    yield
+    for name in set(DefaultScope._instance_dict) - before:
+        del DefaultScope._instance_dict[name]
+
+
 @pytest.fixture(scope='session', autouse=True)
 def _installed_packages_looked_up_once():
     """mmengine resolves every ``mmdet::...`` base of a config by asking pkg_resources

@@ -439,7 +439,7 @@ def test_pretrained_backbone_inside_mmpretrain_classifier(official_file):
     from mmpretrain.registry import MODELS
     path, _, ema_sd = official_file
     model = MODELS.build(dict(
-        type='ImageClassifier',
+        type='ImageClassifier', _scope_='mmpretrain',
         backbone=dict(type='MSVMamba', arch=SMALL_MASTER,
                       init_cfg=dict(type='Pretrained', checkpoint=str(path), use_ema=True)),
         neck=dict(type='GlobalAveragePooling'),

@@ -208,7 +208,7 @@ def test_official_file_through_converter_and_init_cfg(seeded, tmp_path):
     assert load_converter().main([str(official), str(converted), '--ema']) == 0
 
     classifier = MODELS.build(dict(
-        type='ImageClassifier',
+        type='ImageClassifier', _scope_='mmpretrain',
         backbone=dict(type='MSVMamba', arch='nano'),
         neck=dict(type='GlobalAveragePooling'),
         head=dict(type='LinearClsHead', num_classes=1000,
