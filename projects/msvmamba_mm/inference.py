@@ -67,6 +67,7 @@ def _amp(inferencer, req) -> None:
 
 def _infer_mmdet(cfg, req, images):
     from mmdet.apis import DetInferencer
+    _onnx_patch(req, 'mmdet')  # the onnxruntime backend refuses detection, with the reason
     inferencer = DetInferencer(model=cfg, weights=req.checkpoint, device=req.device,
                                show_progress=False)
     _check_weights_loaded(inferencer.model, req.checkpoint)

@@ -186,6 +186,10 @@ def test_infer_user_errors(tool_configs, tmp_path, capsys):
     assert tool.main([tool_configs['cls'], str(ckpt), image, '--backend', 'onnxruntime',
                       '--amp', '--out-dir', str(tmp_path / 'o')]) == 2
     assert capsys.readouterr().err.startswith('error: --amp applies to the pytorch backend')
+    # a detection config with the onnxruntime backend: refused before anything loads
+    assert tool.main([tool_configs['det'], str(ckpt), image, '--backend', 'onnxruntime',
+                      '--out-dir', str(tmp_path / 'o')]) == 2
+    assert 'detection files hold only backbone + neck' in capsys.readouterr().err
     official, other = tmp_path / 'official.pth', tmp_path / 'other.pth'
     torch.save({'model': {'layers.0.blocks.0.norm.weight': torch.ones(4)}}, official)
     torch.save({'state_dict': {'encoder.weight': torch.ones(4)}}, other)
