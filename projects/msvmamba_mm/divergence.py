@@ -133,15 +133,29 @@ class DivergenceGuardHook(Hook):
         return checked
 
     def _before_step(self, optimizer, args, kwargs):
-        loss_bad = self._loss_bad is not None and bool(self._loss_bad)
-        norm = None
-        if self.check_grad:
-            norm = float(_total_norm([p.grad for group in optimizer.param_groups
-                                      for p in group['params'] if p.grad is not None]))
+        grads = [p.grad for group in optimizer.param_groups for p in group['params']
+                 if p.grad is not None]
+        # The three checks as one vector on the model's device, read with one host
+        # synchronisation a step: the loss flag, the gradient norm, the buffers' flag.
+        device = grads[0].device if grads else (
+            self._buffers[0][1].device if self._buffers else torch.device('cpu'))
+        zero = torch.zeros((), device=device)
+        loss_flag = zero if self._loss_bad is None else self._loss_bad.to(device).float()
+        norm_value = _total_norm(grads).to(device).float() if self.check_grad else zero
+        buffers_flag = zero
+        if self._buffers:
+            buffers_flag = torch.stack([(~torch.isfinite(b).all()).to(device)
+                                        for _, b in self._buffers]).any().float()
+        loss_bad, norm, buffers_bad = torch.stack([loss_flag, norm_value,
+                                                   buffers_flag]).tolist()
+        loss_bad, buffers_bad = loss_bad > 0, buffers_bad > 0
+        if not self.check_grad:
+            norm = None
         grad_bad = norm is not None and not math.isfinite(norm)
-        buffers = nonfinite_tensors(self._buffers)
+        # the names, only for the error message of a bad step
+        buffers = nonfinite_tensors(self._buffers) if buffers_bad else []
         # the same verdict on every rank (the loss and the buffers are per rank)
-        loss_bad, grad_bad, buffers_bad = max_over_ranks(loss_bad, grad_bad, bool(buffers))
+        loss_bad, grad_bad, buffers_bad = max_over_ranks(loss_bad, grad_bad, buffers_bad)
         self._stepped = True
         if not (loss_bad or grad_bad or buffers_bad):
             return None

@@ -511,6 +511,34 @@ def test_iteration_without_an_optimizer_step_checks_only_its_loss():
         hook.after_train_iter(runner, 0, outputs=dict(loss=torch.tensor(float('nan'))))
 
 
+def test_step_check_names_the_bad_loss_gradient_or_buffer():
+    """The optimizer pre-step check (one host read a step): a finite step passes; a nan
+    loss, an inf gradient or a nan buffer each give their verdict, and the step's
+    gradients are dropped so that the optimizer leaves the weights as they were."""
+    from projects.msvmamba_mm.divergence import DivergenceGuardHook
+    model = torch.nn.BatchNorm1d(2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    hook = DivergenceGuardHook()
+    hook._buffers = [(n, b) for n, b in model.named_buffers() if b.is_floating_point()]
+
+    def step(loss=0.5, grad=1.0, mean=0.0):
+        for p in model.parameters():
+            p.grad = torch.full_like(p, grad)
+        model.running_mean.fill_(mean)
+        hook._verdict, hook._loss_bad = None, ~torch.isfinite(torch.tensor(loss))
+        hook._before_step(optimizer, (), {})
+        return hook._verdict, [p.grad for p in model.parameters()]
+
+    verdict, grads = step()
+    assert verdict is None and all(g is not None for g in grads)
+    verdict, grads = step(loss=float('nan'))
+    assert verdict['loss'] and not verdict['grad'] and grads == [None, None]
+    verdict, _ = step(grad=float('inf'))
+    assert verdict['grad'] and verdict['norm'] == float('inf') and not verdict['loss']
+    verdict, _ = step(mean=float('nan'))
+    assert verdict['buffers'] == ['running_mean'] and not verdict['grad']
+
+
 def _save_checkpoints(folder, steps):
     import torch
     for step in steps:
