@@ -25,6 +25,17 @@ need_args() {
   fi
 }
 
+# need_count NAME VALUE LOWEST WHAT: exit 2 unless VALUE (of variable NAME) is a whole
+# number >= LOWEST (0 or 1); WHAT says what the number counts
+need_count() {
+  local name=$1 value=$2 lowest=$3 what=$4 pattern='^[0-9]+$'
+  if [ "$lowest" -ge 1 ]; then pattern='^[1-9][0-9]*$'; fi
+  if ! [[ "$value" =~ $pattern ]]; then
+    echo "error: $name must be $what, got '$value'" >&2
+    exit 2
+  fi
+}
+
 # torchrun_tool NPROC TOOL ARGS...: NPROC processes of tools/TOOL on this node.
 # Environment: NNODES (1), NODE_RANK (0), MASTER_ADDR (127.0.0.1), PORT (29500), PYTHON,
 # MAX_RESTARTS (0): how often torchrun restarts all processes after one fails or is
@@ -32,14 +43,8 @@ need_args() {
 torchrun_tool() {
   local nproc=$1 tool=$2 restarts=${MAX_RESTARTS:-0}
   shift 2
-  if ! [[ "$nproc" =~ ^[1-9][0-9]*$ ]]; then
-    echo "error: GPUS must be a number of processes (1, 2, ...), got '$nproc'" >&2
-    exit 2
-  fi
-  if ! [[ "$restarts" =~ ^[0-9]+$ ]]; then
-    echo "error: MAX_RESTARTS must be a number of restarts (0, 1, ...), got '$restarts'" >&2
-    exit 2
-  fi
+  need_count GPUS "$nproc" 1 'a number of processes (1, 2, ...)'
+  need_count MAX_RESTARTS "$restarts" 0 'a number of restarts (0, 1, ...)'
   local rendezvous=(--master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="${PORT:-29500}")
   if [ "$restarts" -gt 0 ]; then
     # The processes find each other through a key-value store. torchrun's own store

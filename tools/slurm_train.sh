@@ -17,10 +17,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_launch.sh"
 need_args 4 "PARTITION JOB_NAME CONFIG WORK_DIR [train.py args...]" "$@"
 lead=${SIGNAL_BEFORE_LIMIT:-300}
-if ! [[ "$lead" =~ ^[0-9]+$ ]]; then
-  echo "error: SIGNAL_BEFORE_LIMIT must be a number of seconds (0: no signal), got '$lead'" >&2
-  exit 2
-fi
+need_count SIGNAL_BEFORE_LIMIT "$lead" 0 'a number of seconds (0: no signal)'
 if [ "$lead" -gt 0 ]; then
   # the lead time must cover an iteration, a validation and a checkpoint write; Slurm
   # may send the signal up to a minute early

@@ -629,3 +629,7 @@ def test_slurm_train_sh_asks_for_the_signal(run_tool, tool_configs, tmp_path):
     run = run_tool('slurm_train.sh', 'part1', 'job1', tool_configs['cls'], tmp_path / 'w',
                    env=dict(env, SIGNAL_BEFORE_LIMIT='0'))
     assert not any(a.startswith('--signal') for a in log.read_text().split())
+    run = run_tool('slurm_train.sh', 'part1', 'job1', tool_configs['cls'], tmp_path / 'w',
+                   env=dict(env, SIGNAL_BEFORE_LIMIT='5m'))
+    assert run.rc == 2 and "SIGNAL_BEFORE_LIMIT must be a number of seconds (0: no signal), " \
+        "got '5m'" in run.out
