@@ -1,7 +1,7 @@
 """The fused CPU inference ops of the MSVMamba block and the check that says when a module
 may use them (as ``torch.nn.MultiheadAttention`` keeps its fast path apart from its math).
 
-Two tensor-level C++ ops, forward only, float32 CPU tensors:
+Two tensor-level C++ ops, forward only, float32 CPU tensors (some bf16, see below):
 
 * ``msvmamba_cpu::ms2d_branch`` (:func:`ms2d_branch`): one token-mixer branch (depthwise
   conv, SiLU, x/dt projections, the selective scan, out_norm, the merge of the scan
@@ -28,10 +28,13 @@ op carries its own scan.
 
 Under ``torch.autocast('cpu', dtype=torch.bfloat16)`` the fast path stays on where the CPU
 multiplies bf16 natively (:func:`bf16_instructions`: avx512_bf16 or AMX): the modules' big
-projections (in_proj, out_proj, the ConvFFN linears) run in bf16 as autocast chooses, and
-the fused ops get their inputs cast to float32, so the scan's state, decays and sums and the
-norms stay float32. Float16 autocast, or bf16 on a CPU that would emulate it, keeps the
-plain modules.
+projections (the gate half of in_proj, out_proj, the ConvFFN linears) run in bf16 as
+autocast chooses, and the fused ops read and write their bf16 maps themselves (the ConvFFN
+op bf16 in and out; the full-resolution branch a bf16 gate in and its output out), widening
+and rounding as the data streams through rather than in cast passes of their own. Their math
+stays float32 (the scan's state, decays and sums, the norms), and the scan half of in_proj,
+whose output drives the scan, stays a float32 matmul. Float16 autocast, or bf16 on a CPU that
+would emulate it, keeps the plain modules.
 """
 import os
 from typing import Optional, Tuple
@@ -149,8 +152,10 @@ def ms2d_branch(x: Tensor,
                 nearest: bool = False,
                 post_norm: Optional[Tuple[Tensor, Tensor]] = None,
                 z: Optional[Tensor] = None,
-                pool: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
-    """One branch of MultiScaleSS2D, forward only, float32 CPU tensors.
+                pool: bool = False,
+                bf16_out: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+    """One branch of MultiScaleSS2D, forward only, float32 CPU tensors (the gate ``z`` may
+    be bf16, and the full-resolution branch may write bf16: ``bf16_out``).
 
     Args:
         x: (B, Hin, Win, E) channel-last map before the branch's depthwise conv.
@@ -167,32 +172,38 @@ def ms2d_branch(x: Tensor,
             add ``low`` (B, h, w, E) upsampled to (H, W) (bilinear, align_corners=False, or
             nearest), then LayerNorm ``post_norm`` (v3's merged out_norm), sum the result
             over positions if ``pool`` (squeeze-excite input), multiply by SiLU(z) for a
-            (B, H*W, E) gate ``z``.
+            (B, H*W, E) gate ``z`` (float32 or bf16).
+        bf16_out: return ``out`` rounded to bf16 (as ``.bfloat16()`` would), for a bf16
+            out_proj; needs ``low`` (the full-resolution epilogue).
 
     Returns:
-        (out, pooled): out (B, H*W, E) float32; pooled (B, E) sums over positions when
-        ``pool``, else None.
+        (out, pooled): out (B, H*W, E) float32 (bf16 with ``bf16_out``); pooled (B, E)
+        float32 sums over positions when ``pool``, else None.
     """
     nw, nb = norm if norm is not None else (None, None)
     pw, pb = post_norm if post_norm is not None else (None, None)
     out, pooled = cpu_scan.ops().ms2d_branch(x, conv_weight, conv_bias, stride, padding, order,
                                              x_proj_weight, dt_proj_weight, dt_bias, A, D, nw,
-                                             nb, float(eps), low, nearest, pw, pb, z, pool)
+                                             nb, float(eps), low, nearest, pw, pb, z, pool,
+                                             bf16_out)
     return out, (pooled if pool else None)
 
 
 def convffn_dwconv_gelu(h: Tensor, in_bias: Optional[Tensor], weight: Tensor,
                         bias: Optional[Tensor]) -> Tensor:
-    """``GELU(t + dwconv(t) + bias)`` with ``t = h + in_bias``, forward only, float32 CPU.
+    """``GELU(t + dwconv(t) + bias)`` with ``t = h + in_bias``, forward only, CPU, computed
+    in float32.
 
     Args:
-        h: (B, H, W, F) channel-last map (the ConvFFN's linear1 output without its bias).
+        h: (B, H, W, F) channel-last map (the ConvFFN's linear1 output without its bias),
+            float32 or bf16 (a bf16 linear1 under autocast).
         in_bias: (F,) added to h first (linear1's bias), or None.
         weight: (F, 1, k, k) depthwise kernel, k odd, stride 1, zero padding k // 2.
         bias: (F,) conv bias or None.
 
     Returns:
-        (B, H, W, F) float32; GELU is the exact (erf) form.
+        (B, H, W, F) in h's dtype (bf16: the float32 result rounded to nearest even, as
+        ``.bfloat16()``); GELU is the exact (erf) form.
     """
     return cpu_scan.ops().convffn_dwconv_gelu(h, in_bias, weight, bias)
 

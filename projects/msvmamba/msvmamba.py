@@ -202,9 +202,8 @@ class ConvFFN(nn.Module):
     def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The CPU inference fast path (eval: no dropout): linear1's bias, the conv, the
         residual and GELU in one fused op. Under bf16 autocast the linears run in bf16 and
-        the fused op in float32."""
-        # (.float() is the tensor itself when it is float32 already)
-        h = F.linear(x, self.linear1.weight.flatten(1)).float()
+        the fused op reads and writes bf16 (computing in float32)."""
+        h = F.linear(x, self.linear1.weight.flatten(1))
         g = cpu_fused.convffn_dwconv_gelu(h, self.linear1.bias, self.dwc.weight, self.dwc.bias)
         return F.linear(g, self.linear2.weight.flatten(1), self.linear2.bias)
 
@@ -390,11 +389,20 @@ class MultiScaleSS2D(nn.Module):
         rank, n = self.dt_rank, self.d_state
         batch = u.shape[0]
         p = self._ssm_params(group)
-        # Batched matmuls (the same math as upstream's einsums, faster on CPU, and counted
-        # exactly by the bmm FLOP handle at any batch size).
-        x_dbl = torch.bmm(p['x_proj_weight'].expand(batch, -1, -1), u)
-        dt, B, C = torch.split(x_dbl, [rank, n, n], dim=1)
-        delta = torch.bmm(p['dt_proj_weight'].expand(batch, -1, -1), dt)
+        if exporting():
+            # Token-major products on the stored weights: the exported scan runs
+            # time-major, so their outputs need no transpose, u's transposes cancel, and
+            # int8 quantization takes them (ONNX Runtime: 13% faster; docs/deployment.md)
+            tokens = u.transpose(1, 2)
+            dt, B, C = torch.split(F.linear(tokens, p['x_proj_weight']), [rank, n, n], dim=2)
+            delta = F.linear(dt, p['dt_proj_weight']).transpose(1, 2)
+            B, C = B.transpose(1, 2), C.transpose(1, 2)
+        else:
+            # Batched matmuls (the same math as upstream's einsums, faster on CPU, and
+            # counted exactly by the bmm FLOP handle at any batch size).
+            x_dbl = torch.bmm(p['x_proj_weight'].expand(batch, -1, -1), u)
+            dt, B, C = torch.split(x_dbl, [rank, n, n], dim=1)
+            delta = torch.bmm(p['dt_proj_weight'].expand(batch, -1, -1), dt)
         # u, delta, B, C keep the activation dtype: the kernels accumulate in fp32 either
         # way, so upstream master's explicit fp32 cast gives the same numbers;
         # out_float=True returns fp32 for the LayerNorm that follows.
@@ -445,22 +453,21 @@ class MultiScaleSS2D(nn.Module):
         """The CPU inference fast path of :meth:`forward` (one full-resolution direction):
         everything between in_proj and out_proj in two fused
         :func:`~msvmamba_ops.cpu_fused.ms2d_branch` calls, the low-res branch, then the
-        full-res branch with the merge epilogue. Under bf16 autocast out_proj and
-        squeeze-excite run in bf16 (autocast's choice), in_proj and the fused calls in
-        float32."""
+        full-res branch with the merge epilogue. Under bf16 autocast the gate half of
+        in_proj, out_proj and squeeze-excite run in bf16 (autocast's choice), the scan half
+        of in_proj and the fused calls in float32; the full-res call reads the bf16 gate
+        and writes bf16 for out_proj."""
         batch, H, W, _ = x.shape
         inner = self.inner_channels
-        # in_proj stays float32 under autocast: its output drives the scan (the decays
-        # exp(delta * A) and the gate), where bf16 rounding costs most (in bf16 it made the
-        # bf16 logits error of the seeded Tiny 2.2e-2 instead of 1.6e-2), and the fused op
-        # takes float32 anyway (no casts of x_in and z). Two products, so that x_in comes out
-        # contiguous.
+        # The scan half of in_proj stays float32 under autocast: its output drives the scan
+        # (the decays exp(delta * A)), where bf16 rounding costs most (a bf16 in_proj made
+        # the bf16 logits error of the seeded Tiny 2.2e-2 instead of 1.6e-2; the gate half
+        # alone in bf16 keeps 1.6e-2). Two products, so that x_in comes out contiguous.
         with torch.autocast('cpu', enabled=False):
-            x = x.float()
-            x_in = F.linear(x, self.in_proj.weight[:inner])
-            z = None
-            if self.gate:
-                z = F.linear(x, self.in_proj.weight[inner:]).view(batch, H * W, inner)
+            x_in = F.linear(x.float(), self.in_proj.weight[:inner])
+        z = None
+        if self.gate:
+            z = F.linear(x, self.in_proj.weight[inner:]).view(batch, H * W, inner)
         norm = (self.out_norm.weight, self.out_norm.bias)
         per_branch = self.out_norm_mode == 'per_branch'
 
@@ -479,7 +486,8 @@ class MultiScaleSS2D(nn.Module):
             x_in, **conv_args(self.conv2d), order=None, **self._ssm_params(self.full_res_group),
             norm=norm if per_branch else None, eps=self.out_norm.eps,
             low=y_low.view(batch, h, w, inner), nearest=self.upsample_mode == 'nearest',
-            post_norm=None if per_branch else norm, z=z, pool=self.se is not None)
+            post_norm=None if per_branch else norm, z=z, pool=self.se is not None,
+            bf16_out=torch.is_autocast_enabled('cpu'))
         if self.se is None:
             return self.out_proj(y).view(batch, H, W, -1)
         # Squeeze-excite scales the E input channels of out_proj per image: scale whichever

@@ -97,3 +97,35 @@ def test_convffn_gelu_matches_torch_over_its_range():
     nan = cpu_fused.convffn_dwconv_gelu(torch.full((1, 1, 1, 16), float('nan')), None,
                                         torch.zeros(16, 1, 1, 1), None)
     assert nan.isnan().all()
+
+
+# ------------------------------------------------------------------ bf16 in and out (#22)
+
+def test_convffn_op_bf16_in_and_out():
+    """A bf16 h (linear1 under bf16 autocast) gives a bf16 map: the float32 op's result on
+    the same values rounded to nearest even, exactly; NaN stays NaN. 40 channels: two
+    16-lane vectors and a tail."""
+    torch.manual_seed(0)
+    h = torch.randn(2, 5, 7, 40).bfloat16()
+    h[0, 2, 3, 5] = float('nan')
+    weights = (torch.randn(40), torch.randn(40, 1, 3, 3), torch.randn(40))
+    got = cpu_fused.convffn_dwconv_gelu(h, *weights)
+    want = cpu_fused.convffn_dwconv_gelu(h.float(), *weights).bfloat16()
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+
+
+def test_branch_op_bf16_gate_and_output():
+    """The full-resolution epilogue reads a bf16 gate z as its float32 values, and with
+    bf16_out returns the float32 output rounded to bf16, exactly (the pooled sums stay
+    float32). 40 channels: a tail after two vectors."""
+    torch.manual_seed(0)
+    args = dict(branch_inputs(E=40), low=torch.randn(2, 2, 2, 40), pool=True)
+    z = torch.randn(2, 12, 40).bfloat16()
+    want, want_pool = cpu_fused.ms2d_branch(**args, z=z.float())
+    assert torch.equal(cpu_fused.ms2d_branch(**args, z=z)[0], want)
+    got, got_pool = cpu_fused.ms2d_branch(**args, z=z, bf16_out=True)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want.bfloat16())
+    assert torch.equal(got_pool, want_pool)
+    with pytest.raises(RuntimeError, match='bf16_out needs the full-resolution epilogue'):
+        cpu_fused.ms2d_branch(**branch_inputs(), bf16_out=True)

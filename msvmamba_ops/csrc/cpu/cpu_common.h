@@ -203,6 +203,43 @@ MSV_INLINE void storev(float* p, V v) {
   }
 }
 
+// bfloat16 activations (under bf16 autocast the projections around the fused ops read and
+// write bf16), held as their raw 16 bits: the upper half of a float32. Widening is exact
+// (a zero-extend and a shift: vpmovzxwd + vpslld in the vector copies); narrowing rounds to
+// nearest even and turns NaN into the quiet 0x7FC0, bit for bit as torch's
+// float -> bfloat16 conversion (so a bf16 output equals the float32 op's output cast to
+// bf16). Both are plain integer math, which the compiler vectorises in every instruction-set
+// copy of a kernel; avx512_bf16's vcvtneps2bf16 would differ on denormals (it flushes them).
+typedef uint16_t bf16_bits;
+typedef uint16_t vbf16u __attribute__((vector_size(32), aligned(2)));  // 16 lanes, unaligned
+typedef uint32_t vu32x16 __attribute__((vector_size(64)));
+
+MSV_INLINE float bf16_to_float(bf16_bits v) {
+  return std::bit_cast<float>(static_cast<uint32_t>(v) << 16);
+}
+MSV_INLINE bf16_bits float_to_bf16(float v) {
+  const uint32_t bits = std::bit_cast<uint32_t>(v);
+  const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+  return static_cast<bf16_bits>(v != v ? 0x7FC0u : rounded);
+}
+
+template <typename V>
+MSV_INLINE V loadv(const bf16_bits* p) {
+  if constexpr (std::is_same_v<V, float>) {
+    return bf16_to_float(*p);
+  } else {
+    const vu32x16 wide = __builtin_convertvector(*reinterpret_cast<const vbf16u*>(p), vu32x16);
+    return std::bit_cast<V>(wide << 16);
+  }
+}
+
+// dst[0 : n] = src[0 : n] as bf16 (n floats; vectorised).
+MSV_INLINE void store_bf16_row(bf16_bits* __restrict dst, const float* __restrict src,
+                               int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dst[i] = float_to_bf16(src[i]);
+}
+
 // A float32 tensor of ``sizes`` holding src in its leading corner and zeros elsewhere (the
 // fused kernels' weights, padded to whole vectors); all zeros for a missing src.
 inline at::Tensor zero_padded(const std::optional<at::Tensor>& src, at::IntArrayRef sizes) {
@@ -216,14 +253,14 @@ inline at::Tensor zero_padded(const std::optional<at::Tensor>& src, at::IntArray
 }
 
 // Channels [c0, c0 + CV lanes) of a depthwise k x k conv at JB output positions along a row,
-// on a channel-last map x (Hin x Win pixels, rows of C floats), accumulated in registers
+// on a channel-last map x (Hin x Win pixels, rows of C elements), accumulated in registers
 // onto what dst holds: dst[jb][c] += sum over the taps inside the map of w[tap][c] *
 // (x[pixel][c] + shift[c]) (taps outside are zero padding). Output jb's window starts at
 // input pixel (i0, j0 + jb * stride); dst rows are ld floats apart. Each tap's weights are
 // loaded once for the JB outputs. w: (k * k) rows of CP floats; shift: null or CP floats.
 // V = vf16 or float (a tail lane).
-template <typename V, int CV, int JB>
-MSV_INLINE void dwconv_block(const float* __restrict x, int64_t Hin, int64_t Win, int64_t C,
+template <typename V, int CV, int JB, typename T>
+MSV_INLINE void dwconv_block(const T* __restrict x, int64_t Hin, int64_t Win, int64_t C,
                              int64_t i0, int64_t j0, int64_t stride, int64_t k,
                              const float* __restrict w, int64_t CP, const float* __restrict shift,
                              int64_t c0, float* __restrict dst, int64_t ld) {
@@ -236,14 +273,14 @@ MSV_INLINE void dwconv_block(const float* __restrict x, int64_t Hin, int64_t Win
   for (int64_t di = 0; di < k; ++di) {
     const int64_t ii = i0 + di;
     if (ii < 0 || ii >= Hin) continue;
-    const float* xrow = x + ii * Win * C + c0;
+    const T* xrow = x + ii * Win * C + c0;
     for (int64_t dj = 0; dj < k; ++dj) {
       V wv[CV];
       for (int c = 0; c < CV; ++c) wv[c] = loadv<V>(w + (di * k + dj) * CP + c0 + c * L);
       for (int jb = 0; jb < JB; ++jb) {
         const int64_t jj = j0 + jb * stride + dj;
         if (jj < 0 || jj >= Win) continue;
-        const float* src = xrow + jj * C;
+        const T* src = xrow + jj * C;
         for (int c = 0; c < CV; ++c) {
           acc[jb][c] += wv[c] * (shift ? loadv<V>(src + c * L) + sh[c] : loadv<V>(src + c * L));
         }
@@ -256,9 +293,9 @@ MSV_INLINE void dwconv_block(const float* __restrict x, int64_t Hin, int64_t Win
 }
 
 // dwconv_block over all C channels: whole vectors, then single lanes (the rows of x are C
-// floats long, so no vector may run past C).
-template <int JB>
-MSV_INLINE void dwconv_block_channels(const float* x, int64_t Hin, int64_t Win, int64_t C,
+// elements long, so no vector may run past C).
+template <int JB, typename T>
+MSV_INLINE void dwconv_block_channels(const T* x, int64_t Hin, int64_t Win, int64_t C,
                                       int64_t i0, int64_t j0, int64_t stride, int64_t k,
                                       const float* w, int64_t CP, const float* shift,
                                       float* dst, int64_t ld) {
@@ -277,8 +314,9 @@ MSV_INLINE void dwconv_block_channels(const float* x, int64_t Hin, int64_t Win, 
 }
 
 // n consecutive output positions of one output row (windows starting at input column j0,
-// j0 + stride, ...), in blocks of 8.
-MSV_INLINE void dwconv_row(const float* x, int64_t Hin, int64_t Win, int64_t C, int64_t i0,
+// j0 + stride, ...), in blocks of 8. x: float32 or bf16 (widened as it is read).
+template <typename T>
+MSV_INLINE void dwconv_row(const T* x, int64_t Hin, int64_t Win, int64_t C, int64_t i0,
                            int64_t j0, int64_t stride, int64_t k, const float* w, int64_t CP,
                            const float* shift, int64_t n, float* dst, int64_t ld) {
   constexpr int JB = 8;

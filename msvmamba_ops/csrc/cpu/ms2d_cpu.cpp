@@ -1,4 +1,5 @@
-// Fused inference pass of one MultiScaleSS2D branch (projects/msvmamba), float32, CPU.
+// Fused inference pass of one MultiScaleSS2D branch (projects/msvmamba), float32, CPU (the
+// full-resolution branch may read a bf16 gate and write bf16, see below).
 //
 // The autograd path of the backbone runs a branch as separate ops: a depthwise conv, SiLU, a
 // copy of the token-major map into channel-major (E, L) sequences (a gather for the
@@ -26,6 +27,11 @@
 //   y = LayerNorm(y)                     merged out_norm (v3), optional
 //   pool += y                            squeeze-excite sums (the caller divides)
 //   y *= SiLU(z[tok])                    output gate, optional
+//   out[tok] = y                         float32, or rounded to bf16 (bf16_out)
+//
+// Under bf16 autocast the gate z (in_proj's second half) and out_proj run in bf16: the
+// epilogue widens z and rounds the output as it goes, rather than two cast passes over the
+// (B, H*W, E) maps; the scan, the norms and the sums stay float32.
 //
 // Tasks are batch items (one scan per item; the state lives in registers/L1). A branch with
 // several directions first computes its whole activated map (per thread, L2-sized), the
@@ -64,9 +70,11 @@ struct Ms2dArgs {
   int64_t H, W;           // the branch's map (after the conv), P = H * W
   const float* post_w;  // (E) merged LayerNorm or null
   const float* post_b;
-  const float* z;  // (Bt, P, E) gate pre-activation or null
-  float* pool;     // (Bt, E) squeeze-excite sums or null
-  float* out;      // (Bt, P, E)
+  const float* z;       // (Bt, P, E) gate pre-activation or null
+  const bf16_bits* z16;  // the same in bf16 (at most one of z, z16)
+  float* pool;           // (Bt, E) squeeze-excite sums or null
+  float* out;            // (Bt, P, E), or null when out16 is given
+  bf16_bits* out16;      // (Bt, P, E) bf16 output (one direction only)
   int64_t tile;    // scan steps whose projections are computed together
 };
 
@@ -170,7 +178,6 @@ MSV_INLINE void ms2d_tasks(const Ms2dArgs& a, const Next& next) {
   float* y = h + N * EP;   // (EP) output of the current step
   for (int64_t b = next(); b >= 0; b = next()) {
     const float* xb = a.x + b * a.Hin * a.Win * E;
-    float* ob = a.out + b * a.P * E;
     if (whole_map) conv_positions(a, xb, 0, a.P, map.data());
     float* pool = a.pool ? a.pool + b * E : nullptr;
     if (pool) std::fill(pool, pool + E, 0.f);
@@ -215,8 +222,8 @@ MSV_INLINE void ms2d_tasks(const Ms2dArgs& a, const Next& next) {
           }
         }
         if (a.norm_w) layer_norm_(y, E, a.norm_w, a.norm_b, a.eps);
-        float* o = ob + tok * E;
         if (a.low == nullptr) {  // merge over directions: the first writes, the others add
+          float* o = a.out + (b * a.P + tok) * E;
           if (s < a.P) {
             std::copy(y, y + E, o);
           } else {
@@ -253,12 +260,18 @@ MSV_INLINE void ms2d_tasks(const Ms2dArgs& a, const Next& next) {
 #pragma omp simd
           for (int64_t e = 0; e < E; ++e) pool[e] += y[e];
         }
+        const int64_t row = (b * a.P + tok) * E;
         if (a.z) {
-          const float* zt = a.z + (b * a.P + tok) * E;
 #pragma omp simd
-          for (int64_t e = 0; e < E; ++e) o[e] = y[e] * silu_(zt[e]);
+          for (int64_t e = 0; e < E; ++e) y[e] *= silu_(a.z[row + e]);
+        } else if (a.z16) {
+#pragma omp simd
+          for (int64_t e = 0; e < E; ++e) y[e] *= silu_(bf16_to_float(a.z16[row + e]));
+        }
+        if (a.out16) {
+          store_bf16_row(a.out16 + row, y, E);
         } else {
-          std::copy(y, y + E, o);
+          std::copy(y, y + E, a.out + row);
         }
       }
     }
@@ -330,7 +343,7 @@ std::tuple<at::Tensor, at::Tensor> ms2d_branch(
     const std::optional<at::Tensor>& norm_weight, const std::optional<at::Tensor>& norm_bias,
     double eps, const std::optional<at::Tensor>& low, bool nearest,
     const std::optional<at::Tensor>& post_weight, const std::optional<at::Tensor>& post_bias,
-    const std::optional<at::Tensor>& z, bool pool) {
+    const std::optional<at::Tensor>& z, bool pool, bool bf16_out) {
   TORCH_CHECK(x.dim() == 4, "msvmamba_cpu::ms2d_branch: x must be (B, H, W, E)");
   const int64_t Bt = x.size(0), Hin = x.size(1), Win = x.size(2), E = x.size(3);
   TORCH_CHECK(conv_weight.dim() == 4 && conv_weight.size(0) == E && conv_weight.size(1) == 1 &&
@@ -361,7 +374,15 @@ std::tuple<at::Tensor, at::Tensor> ms2d_branch(
   check_opt(norm_bias, "norm_bias", {E});
   check_opt(post_weight, "post_weight", {E});
   check_opt(post_bias, "post_bias", {E});
-  check_opt(z, "z", {Bt, P, E});
+  const bool z16 = z.has_value() && z->scalar_type() == at::kBFloat16;
+  if (z16) {  // a bf16 gate: shape and layout as a float32 one
+    const std::vector<int64_t> z_sizes{Bt, P, E};
+    TORCH_CHECK(z->device().is_cpu() && z->is_contiguous() && z->sizes() == z_sizes,
+                "msvmamba_cpu::ms2d_branch: a bf16 z must be a contiguous (", Bt, ", ", P, ", ",
+                E, ") CPU tensor");
+  } else {
+    check_opt(z, "z", {Bt, P, E});
+  }
   TORCH_CHECK(norm_weight.has_value() == norm_bias.has_value() &&
                   post_weight.has_value() == post_bias.has_value(),
               "msvmamba_cpu::ms2d_branch: give LayerNorm weight and bias together");
@@ -389,6 +410,8 @@ std::tuple<at::Tensor, at::Tensor> ms2d_branch(
   TORCH_CHECK(!epilogue || K == 1,
               "msvmamba_cpu::ms2d_branch: the epilogue (low, post norm, z, pool) needs one "
               "scan direction");
+  TORCH_CHECK(!bf16_out || low.has_value(),
+              "msvmamba_cpu::ms2d_branch: bf16_out needs the full-resolution epilogue (low)");
   int64_t lh = 0, lw = 0;
   if (low.has_value()) {
     TORCH_CHECK(low->dim() == 4 && low->size(0) == Bt && low->size(3) == E,
@@ -397,7 +420,8 @@ std::tuple<at::Tensor, at::Tensor> ms2d_branch(
     lw = low->size(2);
     check_f32(*low, "low", {Bt, lh, lw, E});
   }
-  at::Tensor out = empty_cached({Bt, P, E}, x.options());
+  at::Tensor out = empty_cached({Bt, P, E}, x.options().dtype(bf16_out ? at::kBFloat16
+                                                                          : at::kFloat));
   at::Tensor pooled = at::empty({pool ? Bt : 0, E}, x.options());
   if (Bt == 0 || P == 0 || E == 0) {
     pooled.zero_();
@@ -458,9 +482,11 @@ std::tuple<at::Tensor, at::Tensor> ms2d_branch(
   args.up_wt = up_wt.data();
   args.post_w = post_weight.has_value() ? post_weight->const_data_ptr<float>() : nullptr;
   args.post_b = post_bias.has_value() ? post_bias->const_data_ptr<float>() : nullptr;
-  args.z = z.has_value() ? z->const_data_ptr<float>() : nullptr;
+  args.z = z.has_value() && !z16 ? z->const_data_ptr<float>() : nullptr;
+  args.z16 = z16 ? static_cast<const bf16_bits*>(z->const_data_ptr()) : nullptr;
   args.pool = pool ? pooled.data_ptr<float>() : nullptr;
-  args.out = out.data_ptr<float>();
+  args.out = bf16_out ? nullptr : out.data_ptr<float>();
+  args.out16 = bf16_out ? static_cast<bf16_bits*>(out.data_ptr()) : nullptr;
   // About 16 KB of inputs per tile (at least one projection block): the tile's rows stay
   // in L1 between the passes.
   args.tile = std::max<int64_t>(1, std::min<int64_t>(32, 4096 / EP) / kTB) * kTB;
@@ -476,8 +502,8 @@ TORCH_LIBRARY_FRAGMENT(msvmamba_cpu, m) {
       "ms2d_branch(Tensor x, Tensor conv_weight, Tensor? conv_bias, int stride, int padding, "
       "Tensor? order, Tensor x_proj_weight, Tensor dt_proj_weight, Tensor dt_bias, "
       "Tensor A, Tensor? D, Tensor? norm_weight, Tensor? norm_bias, float eps, Tensor? low, "
-      "bool nearest, Tensor? post_weight, Tensor? post_bias, Tensor? z, bool pool) "
-      "-> (Tensor, Tensor)");
+      "bool nearest, Tensor? post_weight, Tensor? post_bias, Tensor? z, bool pool, "
+      "bool bf16_out=False) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(msvmamba_cpu, CPU, m) { m.impl("ms2d_branch", &msv::ms2d_branch); }
