@@ -235,10 +235,11 @@ def test_int8_file_holds_standard_ops_and_metadata(int8_export):
     assert {n.domain for n in proto.graph.node} <= {'', 'ai.onnx'}
     ops = deploy.standard_op_types(int8)
     # every linear layer's weight is int8 now: no float MatMul on a stored weight is left
-    # (more than the float file stores: the ConvFFN's weights are folded first); the
-    # MatMuls kept in float multiply two activations
+    # (more than the float file stores: the ConvFFN's weights are folded first), and none
+    # at all: the scan's x / dt projections are exported token-major, on the stored
+    # weights (before: a batched product on the expanded weight, left in float)
     assert ops['MatMulInteger'] >= _constant_weight_matmuls(float_proto) > 10, ops
-    assert _constant_weight_matmuls(proto) == 0
+    assert _constant_weight_matmuls(proto) == 0 and 'MatMul' not in ops, ops
     assert 0 < ops['DynamicQuantizeLinear'] <= ops['MatMulInteger'], ops
     assert osp.getsize(int8) < 0.5 * osp.getsize(path)
     meta, float_meta = deploy.read_metadata(int8), deploy.read_metadata(path)
