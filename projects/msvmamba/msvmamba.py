@@ -460,9 +460,10 @@ class MultiScaleSS2D(nn.Module):
         batch, H, W, _ = x.shape
         inner = self.inner_channels
         # The scan half of in_proj stays float32 under autocast: its output drives the scan
-        # (the decays exp(delta * A)), where bf16 rounding costs most (a bf16 in_proj made
-        # the bf16 logits error of the seeded Tiny 2.2e-2 instead of 1.6e-2; the gate half
-        # alone in bf16 keeps 1.6e-2). Two products, so that x_in comes out contiguous.
+        # (the decays exp(delta * A)), where rounding it to bf16 costs most (a bf16 in_proj
+        # made the bf16 logits error of the seeded Tiny 2.2e-2 instead of 1.6e-2, the gate
+        # half alone in bf16 1.6e-2 to 1.7e-2; docs/benchmarks.md has the split). Two
+        # products, so that x_in comes out contiguous.
         with torch.autocast('cpu', enabled=False):
             x_in = F.linear(x.float(), self.in_proj.weight[:inner])
         z = None
