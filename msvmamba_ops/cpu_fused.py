@@ -36,11 +36,13 @@ stays float32 (the scan's state, decays and sums, the norms), and the scan half 
 whose output drives the scan, stays a float32 matmul. Float16 autocast, or bf16 on a CPU that
 would emulate it, keeps the plain modules.
 """
+import contextlib
 import os
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.utils.weak import WeakIdKeyDictionary
 
 from . import cpu_scan
 from .graph_mode import exporting
@@ -76,6 +78,61 @@ def bf16_instructions() -> bool:
     bf16 matmuls beat float32 ones; elsewhere it emulates bf16 and runs slower than float32."""
     caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, 'get_capabilities') else {}
     return bool(caps.get('avx512_bf16') or caps.get('amx_bf16'))
+
+
+@contextlib.contextmanager
+def bf16_rounded_float32_products() -> Iterator[None]:
+    """float32 matrix products inside the block take bf16-rounded inputs and keep float32
+    accumulation and output (oneDNN's bf16 math mode for float32,
+    ``torch.backends.mkldnn.matmul.fp32_precision = 'bf16'``): the speed of a bf16 product
+    without rounding its result to bf16, which ATen's bf16 matmuls on the CPU always do.
+    A no-op where torch lacks the setting. The setting is process-wide while the block
+    runs (another thread's float32 products in that time get the same rounding)."""
+    matmul = getattr(torch.backends.mkldnn, 'matmul', None)
+    if matmul is None or not hasattr(matmul, 'fp32_precision'):
+        yield
+        return
+    before = matmul.fp32_precision
+    matmul.fp32_precision = 'bf16'
+    try:
+        yield
+    finally:
+        matmul.fp32_precision = before
+
+
+# bf16 copies of float32 weights for the fast path under autocast: parameter -> {rows:
+# (version, data pointer, copy)}. Weak keys by identity: a copy lives only as long as its
+# parameter.
+_bf16_copies = WeakIdKeyDictionary()
+_SAMPLED = 16  # elements compared at each use (see bf16_weight)
+
+
+def _sample(t: Tensor) -> Tensor:
+    flat = t.reshape(-1)
+    return flat[::max(1, flat.numel() // _SAMPLED)][:_SAMPLED]
+
+
+def bf16_weight(weight: Tensor, rows: Optional[Tuple[int, int]] = None) -> Tensor:
+    """``weight[rows[0]:rows[1]]`` (the whole of it by default) in bf16, kept from one
+    forward to the next: autocast casts every float32 weight again at each forward (4% of
+    Tiny's bf16 forward at batch 8).
+
+    The copy is made again when the weight may have changed: its version counter moved
+    (an in-place update under autograd's eye: ``load_state_dict``, an optimizer step,
+    ``with torch.no_grad(): w.copy_(...)``), its storage is another (``.to()``,
+    ``w.data = ...``), or 16 elements spread over it no longer round to the copy's (an
+    update through ``w.data``, which the version counter does not see: mmengine's EMA
+    swap, a momentum teacher). Costs the bf16 size of the weights the fast path
+    multiplies with (half their float32 size) while they live."""
+    copies = _bf16_copies.setdefault(weight, {})
+    source = weight if rows is None else weight[rows[0]:rows[1]]
+    version, ptr = weight._version, weight.data_ptr()
+    kept = copies.get(rows)
+    if (kept is None or kept[0] != version or kept[1] != ptr
+            or not torch.equal(_sample(source).to(torch.bfloat16), _sample(kept[2]))):
+        kept = (version, ptr, source.detach().to(torch.bfloat16, copy=True))
+        copies[rows] = kept
+    return kept[2]
 
 
 def _autocast_reason() -> Optional[str]:
@@ -209,4 +266,4 @@ def convffn_dwconv_gelu(h: Tensor, in_bias: Optional[Tensor], weight: Tensor,
 
 
 __all__ = ['fast_path_eligible', 'why_not_fast_path', 'is_available', 'unavailable_reason',
-           'bf16_instructions', 'ms2d_branch', 'convffn_dwconv_gelu', 'ENV_FUSED']
+           'bf16_instructions', 'bf16_rounded_float32_products', 'bf16_weight', 'ms2d_branch', 'convffn_dwconv_gelu', 'ENV_FUSED']

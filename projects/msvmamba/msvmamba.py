@@ -18,6 +18,7 @@ scan inputs become channel-major ``(B, E, L)`` sequences once (a copy, or for th
 branch the gather that also orders the directions) and the outputs return to token-major
 once (in the LayerNorm / merge that follows).
 """
+import contextlib
 import copy
 import math
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -203,9 +204,12 @@ class ConvFFN(nn.Module):
         """The CPU inference fast path (eval: no dropout): linear1's bias, the conv, the
         residual and GELU in one fused op. Under bf16 autocast the linears run in bf16 and
         the fused op reads and writes bf16 (computing in float32)."""
-        h = F.linear(x, self.linear1.weight.flatten(1))
+        w1, w2 = self.linear1.weight, self.linear2.weight
+        if torch.is_autocast_enabled('cpu'):  # the kept bf16 copies, not a cast a forward
+            w1, w2 = cpu_fused.bf16_weight(w1), cpu_fused.bf16_weight(w2)
+        h = F.linear(x, w1.flatten(1))
         g = cpu_fused.convffn_dwconv_gelu(h, self.linear1.bias, self.dwc.weight, self.dwc.bias)
-        return F.linear(g, self.linear2.weight.flatten(1), self.linear2.bias)
+        return F.linear(g, w2.flatten(1), self.linear2.bias)
 
 
 class PatchMerging2D(nn.Module):
@@ -455,20 +459,32 @@ class MultiScaleSS2D(nn.Module):
         :func:`~msvmamba_ops.cpu_fused.ms2d_branch` calls, the low-res branch, then the
         full-res branch with the merge epilogue. Under bf16 autocast the gate half of
         in_proj, out_proj and squeeze-excite run in bf16 (autocast's choice), the scan half
-        of in_proj and the fused calls in float32; the full-res call reads the bf16 gate
-        and writes bf16 for out_proj."""
+        of in_proj on bf16-rounded inputs with a float32 result, the fused calls in
+        float32; the full-res call reads the bf16 gate and writes bf16 for out_proj."""
         batch, H, W, _ = x.shape
         inner = self.inner_channels
-        # The scan half of in_proj stays float32 under autocast: its output drives the scan
-        # (the decays exp(delta * A)), where rounding it to bf16 costs most (a bf16 in_proj
-        # made the bf16 logits error of the seeded Tiny 2.2e-2 instead of 1.6e-2, the gate
-        # half alone in bf16 1.6e-2 to 1.7e-2; docs/benchmarks.md has the split). Two
-        # products, so that x_in comes out contiguous.
-        with torch.autocast('cpu', enabled=False):
+        # The scan half of in_proj keeps a float32 output under autocast: it drives the
+        # scan (the decays exp(delta * A)), where rounding it to bf16 costs most (a bf16
+        # in_proj made the seeded Tiny's bf16 logits error 2.2e-2). Its inputs are rounded
+        # to bf16 inside oneDNN (bf16_rounded_float32_products: bf16 speed, float32
+        # accumulation and result; Tiny 1.99e-2, the gate half in bf16 included;
+        # docs/benchmarks.md has the split). Two products, so that x_in comes out
+        # contiguous.
+        autocast = torch.is_autocast_enabled('cpu')
+        with torch.autocast('cpu', enabled=False), (
+                cpu_fused.bf16_rounded_float32_products() if autocast
+                else contextlib.nullcontext()):
             x_in = F.linear(x.float(), self.in_proj.weight[:inner])
+        # the gate half and out_proj multiply with the kept bf16 copies under autocast
+        out_weight = self.out_proj.weight
         z = None
         if self.gate:
-            z = F.linear(x, self.in_proj.weight[inner:]).view(batch, H * W, inner)
+            gate_weight = self.in_proj.weight[inner:]
+            if autocast:
+                gate_weight = cpu_fused.bf16_weight(self.in_proj.weight, (inner, 2 * inner))
+            z = F.linear(x, gate_weight).view(batch, H * W, inner)
+        if autocast:
+            out_weight = cpu_fused.bf16_weight(out_weight)
         norm = (self.out_norm.weight, self.out_norm.bias)
         per_branch = self.out_norm_mode == 'per_branch'
 
@@ -490,7 +506,7 @@ class MultiScaleSS2D(nn.Module):
             post_norm=None if per_branch else norm, z=z, pool=self.se is not None,
             bf16_out=torch.is_autocast_enabled('cpu'))
         if self.se is None:
-            return self.out_proj(y).view(batch, H, W, -1)
+            return F.linear(y, out_weight).view(batch, H, W, -1)
         # Squeeze-excite scales the E input channels of out_proj per image: scale whichever
         # is smaller, y (B, H*W, E) or a per-image copy of the weight (B, C, E).
         scale = self.se.fc(pooled / (H * W))
@@ -498,7 +514,7 @@ class MultiScaleSS2D(nn.Module):
         if weight.shape[0] < H * W:
             weight = weight[None] * scale[:, None, :]
             return torch.bmm(y, weight.transpose(1, 2)).view(batch, H, W, -1)
-        return self.out_proj(y.mul_(scale[:, None, :])).view(batch, H, W, -1)
+        return F.linear(y.mul_(scale[:, None, :]), out_weight).view(batch, H, W, -1)
 
 
 class VSSBlock(nn.Module):

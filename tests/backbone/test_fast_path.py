@@ -225,6 +225,27 @@ def test_bf16_autocast_fused_matches_plain_bf16(cfg, monkeypatch):
         assert torch.equal(module(x), module(x.float())) and len(calls) == 4
 
 
+def test_bf16_autocast_follows_weight_updates(monkeypatch):
+    """The fused path under autocast multiplies with kept bf16 copies of its weights: a
+    module whose weights are then replaced through ``.data`` (as mmengine's EMA swap does)
+    gives what a fresh module with those weights gives."""
+    monkeypatch.setattr(cpu_fused, 'bf16_instructions', lambda: True)
+    torch.manual_seed(0)
+    module, other = randomised(MultiScaleSS2D(32, **MASTER)), \
+        randomised(MultiScaleSS2D(32, **MASTER), seed=1)
+    ffn, other_ffn = ConvFFN(32, 64).eval(), ConvFFN(32, 64).eval()
+    x = torch.randn(2, 14, 14, 32)
+    # (autocast's own cast cache lasts one autocast block: a block per forward)
+    with torch.no_grad():
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            module(x), ffn(x)  # the copies of the first weights are made
+        for mine, theirs in ((module, other), (ffn, other_ffn)):
+            for p, q in zip(mine.parameters(), theirs.parameters()):
+                p.data.copy_(q.data)
+            with torch.autocast('cpu', dtype=torch.bfloat16):
+                assert torch.equal(mine(x), theirs(x))
+
+
 def test_bf16_autocast_convffn(monkeypatch):
     torch.manual_seed(0)
     module = ConvFFN(32, 64).eval()
