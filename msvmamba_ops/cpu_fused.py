@@ -36,9 +36,8 @@ stays float32 (the scan's state, decays and sums, the norms), and the scan half 
 whose output drives the scan, stays a float32 matmul. Float16 autocast, or bf16 on a CPU that
 would emulate it, keeps the plain modules.
 """
-import contextlib
 import os
-from typing import Iterator, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -78,26 +77,6 @@ def bf16_instructions() -> bool:
     bf16 matmuls beat float32 ones; elsewhere it emulates bf16 and runs slower than float32."""
     caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, 'get_capabilities') else {}
     return bool(caps.get('avx512_bf16') or caps.get('amx_bf16'))
-
-
-@contextlib.contextmanager
-def bf16_rounded_float32_products() -> Iterator[None]:
-    """float32 matrix products inside the block take bf16-rounded inputs and keep float32
-    accumulation and output (oneDNN's bf16 math mode for float32,
-    ``torch.backends.mkldnn.matmul.fp32_precision = 'bf16'``): the speed of a bf16 product
-    without rounding its result to bf16, which ATen's bf16 matmuls on the CPU always do.
-    A no-op where torch lacks the setting. The setting is process-wide while the block
-    runs (another thread's float32 products in that time get the same rounding)."""
-    matmul = getattr(torch.backends.mkldnn, 'matmul', None)
-    if matmul is None or not hasattr(matmul, 'fp32_precision'):
-        yield
-        return
-    before = matmul.fp32_precision
-    matmul.fp32_precision = 'bf16'
-    try:
-        yield
-    finally:
-        matmul.fp32_precision = before
 
 
 # bf16 copies of float32 weights for the fast path under autocast: parameter -> {rows:
@@ -266,4 +245,4 @@ def convffn_dwconv_gelu(h: Tensor, in_bias: Optional[Tensor], weight: Tensor,
 
 
 __all__ = ['fast_path_eligible', 'why_not_fast_path', 'is_available', 'unavailable_reason',
-           'bf16_instructions', 'bf16_rounded_float32_products', 'bf16_weight', 'ms2d_branch', 'convffn_dwconv_gelu', 'ENV_FUSED']
+           'bf16_instructions', 'bf16_weight', 'ms2d_branch', 'convffn_dwconv_gelu', 'ENV_FUSED']

@@ -18,7 +18,6 @@ scan inputs become channel-major ``(B, E, L)`` sequences once (a copy, or for th
 branch the gather that also orders the directions) and the outputs return to token-major
 once (in the LayerNorm / merge that follows).
 """
-import contextlib
 import copy
 import math
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -458,22 +457,19 @@ class MultiScaleSS2D(nn.Module):
         everything between in_proj and out_proj in two fused
         :func:`~msvmamba_ops.cpu_fused.ms2d_branch` calls, the low-res branch, then the
         full-res branch with the merge epilogue. Under bf16 autocast the gate half of
-        in_proj, out_proj and squeeze-excite run in bf16 (autocast's choice), the scan half
-        of in_proj on bf16-rounded inputs with a float32 result, the fused calls in
-        float32; the full-res call reads the bf16 gate and writes bf16 for out_proj."""
+        in_proj, out_proj (on kept bf16 copies of their weights) and squeeze-excite run in
+        bf16, the scan half of in_proj and the fused calls in float32; the full-res call
+        reads the bf16 gate and writes bf16 for out_proj."""
         batch, H, W, _ = x.shape
         inner = self.inner_channels
-        # The scan half of in_proj keeps a float32 output under autocast: it drives the
-        # scan (the decays exp(delta * A)), where rounding it to bf16 costs most (a bf16
-        # in_proj made the seeded Tiny's bf16 logits error 2.2e-2). Its inputs are rounded
-        # to bf16 inside oneDNN (bf16_rounded_float32_products: bf16 speed, float32
-        # accumulation and result; Tiny 1.99e-2, the gate half in bf16 included;
-        # docs/benchmarks.md has the split). Two products, so that x_in comes out
-        # contiguous.
+        # The scan half of in_proj stays float32 under autocast: its output drives the scan
+        # (the decays exp(delta * A)), where bf16 rounding costs most (a bf16 in_proj made
+        # the seeded Tiny's bf16 logits error 2.2e-2; bf16-rounded inputs with a float32
+        # result 2.0e-2 to 2.2e-2 depending on the float32 kernels; float32: 1.7e-2 with
+        # the gate half in bf16; docs/benchmarks.md has the split). Two products, so that
+        # x_in comes out contiguous.
         autocast = torch.is_autocast_enabled('cpu')
-        with torch.autocast('cpu', enabled=False), (
-                cpu_fused.bf16_rounded_float32_products() if autocast
-                else contextlib.nullcontext()):
+        with torch.autocast('cpu', enabled=False):
             x_in = F.linear(x.float(), self.in_proj.weight[:inner])
         # the gate half and out_proj multiply with the kept bf16 copies under autocast
         out_weight = self.out_proj.weight

@@ -149,23 +149,3 @@ def test_bf16_weight_is_kept_until_the_weight_changes():
         again = cpu_fused.bf16_weight(w)
         assert again is not kept and torch.equal(again, w.detach().bfloat16())
         kept = again
-
-
-def test_bf16_rounded_float32_products():
-    """Inside the block a float32 product takes bf16-rounded inputs and returns float32
-    (not rounded to bf16: closer to the float64 product of the rounded inputs than a bf16
-    result can be); the setting is restored after it."""
-    if not cpu_fused.bf16_instructions():
-        pytest.skip('oneDNN rounds to bf16 only where the CPU has bf16 instructions')
-    matmul = torch.backends.mkldnn.matmul
-    before = matmul.fp32_precision
-    g = torch.Generator().manual_seed(0)
-    x, w = torch.randn(64, 96, generator=g), torch.randn(48, 96, generator=g)
-    rounded = x.bfloat16().double() @ w.bfloat16().double().T
-    with cpu_fused.bf16_rounded_float32_products():
-        y = torch.nn.functional.linear(x, w)
-    assert matmul.fp32_precision == before and y.dtype == torch.float32
-    err = ((y.double() - rounded).abs().max() / rounded.abs().max()).item()
-    assert err < 1e-5, err  # float32 accumulation; a bf16 result would be ~2e-3 off
-    exact = (x.double() @ w.double().T)
-    assert ((y.double() - exact).abs().max() / exact.abs().max()).item() > 1e-4  # rounded
