@@ -24,7 +24,6 @@ Public API:
 * :func:`count_flops` ``(model, shape, show_table=False, backbone_only=False)`` ->
   ``dict(flops, params, counted[, table])``.
 """
-import importlib
 from typing import List, Optional, Sequence
 
 import torch
@@ -34,7 +33,7 @@ from msvmamba_ops.flops import MSVMAMBA_FLOP_HANDLES
 from projects.msvmamba.msvmamba import MSVMamba
 
 from .errors import UserError
-from .tooling import load_scoped_config
+from .tooling import build_scoped_model, load_scoped_config
 
 SEED = 0
 
@@ -68,9 +67,7 @@ def build_from_config(path: str, cfg_options: Optional[dict] = None) -> nn.Modul
     """The model of a config, built in the registry of its ``default_scope`` (the config
     is loaded as tools/train.py loads it: missing files, unknown scopes and bad
     ``--cfg-options`` are one-line errors)."""
-    cfg, scope = load_scoped_config(path, cfg_options)
-    registry = importlib.import_module(f'{scope.package}.registry')
-    return registry.MODELS.build(cfg.model)
+    return build_scoped_model(*load_scoped_config(path, cfg_options))
 
 
 def tensor_forward(model: nn.Module, device: str = 'cpu') -> nn.Module:

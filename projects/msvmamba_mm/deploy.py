@@ -28,7 +28,6 @@ Public API: :func:`export_config` (what ``tools/deployment/pytorch2onnx.py`` run
 :class:`ExportWrapper`, :class:`SlicedAdaptiveAvgPool2d`, :func:`exportable_pooling`.
 """
 import contextlib
-import importlib
 import json
 import os
 import os.path as osp
@@ -39,8 +38,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from msvmamba_ops.testing import rel_error
+
 from .errors import UserError
-from .tooling import load_scoped_config
+from .tooling import build_scoped_model, load_scoped_config
 
 INPUT_NAME = 'input'
 DEFAULT_OPSET = 18
@@ -133,8 +134,7 @@ def load_model(config: str, checkpoint: Optional[str],
     if scope.name not in TASKS:
         raise UserError(f"default_scope '{scope.name}' of {config} cannot be exported; "
                         f'export supports: {", ".join(sorted(TASKS))}')
-    registry = importlib.import_module(f'{scope.package}.registry')
-    model = registry.MODELS.build(cfg.model)
+    model = build_scoped_model(cfg, scope)
     if checkpoint is not None:
         load_weights(model, checkpoint, TASKS[scope.name])
     return model.eval(), cfg, TASKS[scope.name]
@@ -217,13 +217,20 @@ def export(model: nn.Module, task: str, out: str, example: torch.Tensor, dynamic
         torch.onnx.export(ExportWrapper(model, task), (example, ), out, dynamo=False,
                           opset_version=opset, input_names=[INPUT_NAME],
                           output_names=names, dynamic_axes=axes)
-    proto = onnx.load(out)
+    _write_metadata(onnx.load(out), metadata, out)
+    return names
+
+
+def _write_metadata(proto, metadata: Dict[str, str], out: str) -> None:
+    """Save ``proto`` to ``out`` with exactly ``metadata`` as its metadata, then run
+    ``onnx.checker`` on the file."""
+    import onnx
+    del proto.metadata_props[:]
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(proto, out)
     onnx.checker.check_model(out, full_check=True)
-    return names
 
 
 def read_metadata(path: str) -> Dict:
@@ -338,9 +345,12 @@ def int8_path(path: str) -> str:
 def standard_op_types(path: str) -> Dict[str, int]:
     """``{op type: count}`` of the file's graph; a :class:`UserError` if any node is
     outside the standard ONNX domain (a runtime would need a custom-op library)."""
-    import collections
     import onnx
-    proto = onnx.load(path, load_external_data=False)
+    return _op_counts(onnx.load(path, load_external_data=False), path)
+
+
+def _op_counts(proto, path: str) -> Dict[str, int]:
+    import collections
     custom = sorted({f'{n.domain}::{n.op_type}' for n in proto.graph.node
                      if n.domain not in STANDARD_DOMAINS})
     if custom:
@@ -389,13 +399,8 @@ def quantize_int8(float_path: str, out: str, op_types: Sequence[str] = INT8_OP_T
             .metadata_props}
     meta.update(precision='int8 dynamic', quantization=json.dumps(settings),
                 float_model=json.dumps(dict(file=osp.basename(float_path), sha256=digest)))
-    del proto.metadata_props[:]
-    for key, value in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(proto, out)
-    onnx.checker.check_model(out, full_check=True)
-    return standard_op_types(out)
+    _write_metadata(proto, meta, out)
+    return _op_counts(proto, out)
 
 
 def relative_errors(model: nn.Module, task: str, session,
@@ -407,12 +412,7 @@ def relative_errors(model: nn.Module, task: str, session,
     outs = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     errors = {} if len(outs) == len(refs) else {'number of outputs': float('inf')}
     for meta, got, want in zip(session.get_outputs(), outs, refs):
-        want = want.detach().double()
-        got = torch.from_numpy(got).double()
-        if tuple(got.shape) != tuple(want.shape):
-            errors[meta.name] = float('inf')
-            continue
-        errors[meta.name] = ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
+        errors[meta.name] = rel_error(torch.from_numpy(got), want)
     return errors
 
 
@@ -480,10 +480,9 @@ def _write_int8(out: str, session, example: torch.Tensor) -> Dict:
     result = dict(int8_path=path, int8_ops=ops)
     if session is not None:
         feed = {INPUT_NAME: example.numpy()}
-        want, got = (torch.from_numpy(runner.run(None, feed)[0]).double()
+        want, got = (torch.from_numpy(runner.run(None, feed)[0])
                      for runner in (session, ort_session(path)))
-        result['int8_error'] = error = ((got - want).abs().max()
-                                        / want.abs().max().clamp_min(1e-30)).item()
+        result['int8_error'] = error = rel_error(got, want)
         print(f'int8 vs float32 (onnxruntime, max |diff| / max |float32|, input '
               f'{tuple(example.shape)}): {error:.2e}; random input: accuracy is measured '
               'on a trained model (docs/deployment.md, int8)')

@@ -11,7 +11,8 @@ from . import cli
 from .cli import run_main
 from .scopes import Scope, scope_of
 
-__all__ = ['load_scoped_config', 'add_config_arguments', 'image_shape', 'run_main']
+__all__ = ['load_scoped_config', 'build_scoped_model', 'add_config_arguments', 'image_shape',
+           'run_main']
 
 
 def load_scoped_config(path: str, cfg_options: Optional[dict] = None) -> Tuple[Config, Scope]:
@@ -23,6 +24,14 @@ def load_scoped_config(path: str, cfg_options: Optional[dict] = None) -> Tuple[C
     scope.register_modules()
     init_default_scope(scope.name)
     return cfg, scope
+
+
+def build_scoped_model(cfg: Config, scope: Scope):
+    """The config's ``model``, built in the registry of its scope's package (mmpretrain,
+    mmdet or mmseg)."""
+    import importlib
+    registry = importlib.import_module(f'{scope.package}.registry')
+    return registry.MODELS.build(cfg.model)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
