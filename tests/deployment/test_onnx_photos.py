@@ -77,7 +77,7 @@ def test_onnxruntime_matches_pytorch_on_photographs(tiny_export):
 def test_int8_on_photographs(tiny_export, tmp_path):
     """``--quantize int8`` of the same file (deploy.quantize_int8, what the tool runs) on
     the batch of three photographs: logits within INT8_BOUND of float32. Top-1 agreement
-    is not asked of the seeded weights: int8's error (1.2e-1 of the largest logit,
+    is not asked of the seeded weights: int8's error (1.3e-1 of the largest logit,
     measured 2026-12-07) exceeds the gaps between their top classes, and int8 picked
     another class on 2 of 3 photographs, which float32 had 1.7% and 3.5% of the largest
     logit below its top-1 (docs/deployment.md, int8). A trained model's top-1 is the
