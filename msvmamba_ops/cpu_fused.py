@@ -80,14 +80,14 @@ def bf16_instructions() -> bool:
 
 
 # bf16 copies of float32 weights for the fast path under autocast: parameter -> {rows:
-# (version, data pointer, copy)}. Weak keys by identity: a copy lives only as long as its
-# parameter.
+# (version, data pointer, float32 sample, copy)}. Weak keys by identity: a copy lives only
+# as long as its parameter.
 _bf16_copies = WeakIdKeyDictionary()
 _SAMPLED = 16  # elements compared at each use (see bf16_weight)
 
 
 def _sample(t: Tensor) -> Tensor:
-    flat = t.reshape(-1)
+    flat = t.detach().reshape(-1)
     return flat[::max(1, flat.numel() // _SAMPLED)][:_SAMPLED]
 
 
@@ -98,20 +98,25 @@ def bf16_weight(weight: Tensor, rows: Optional[Tuple[int, int]] = None) -> Tenso
 
     The copy is made again when the weight may have changed: its version counter moved
     (an in-place update under autograd's eye: ``load_state_dict``, an optimizer step,
-    ``with torch.no_grad(): w.copy_(...)``), its storage is another (``.to()``,
-    ``w.data = ...``), or 16 elements spread over it no longer round to the copy's (an
-    update through ``w.data``, which the version counter does not see: mmengine's EMA
-    swap, a momentum teacher). Costs the bf16 size of the weights the fast path
-    multiplies with (half their float32 size) while they live."""
+    ``with torch.no_grad(): w.copy_(...)``; inference tensors have none), its storage is
+    another (``.to()``, ``w.data = ...``), or one of 16 elements spread over it differs
+    from its value when the copy was made (an update through ``w.data``, which the version
+    counter does not see: mmengine's EMA swap, a momentum teacher). Costs the bf16 size of
+    the weights the fast path multiplies with (half their float32 size) while they live."""
     copies = _bf16_copies.setdefault(weight, {})
     source = weight if rows is None else weight[rows[0]:rows[1]]
-    version, ptr = weight._version, weight.data_ptr()
+    version = None if weight.is_inference() else weight._version
+    ptr = weight.data_ptr()
     kept = copies.get(rows)
     if (kept is None or kept[0] != version or kept[1] != ptr
-            or not torch.equal(_sample(source).to(torch.bfloat16), _sample(kept[2]))):
-        kept = (version, ptr, source.detach().to(torch.bfloat16, copy=True))
+            or not torch.equal(_sample(source), kept[2])):
+        # ordinary tensors even when first made under inference_mode (as scan_order's
+        # cached indices): the copy may serve a later forward outside it
+        with torch.inference_mode(False), torch.no_grad():
+            kept = (version, ptr, _sample(source).clone(),
+                    source.detach().to(torch.bfloat16, copy=True))
         copies[rows] = kept
-    return kept[2]
+    return kept[3]
 
 
 def _autocast_reason() -> Optional[str]:

@@ -133,19 +133,36 @@ def test_branch_op_bf16_gate_and_output():
 
 def test_bf16_weight_is_kept_until_the_weight_changes():
     """The fast path's bf16 copies of its weights under autocast: the cast's values, the
-    same tensor while the weight is unchanged, a new one after each kind of update."""
+    same tensor while the weight is unchanged, a new one after each kind of update (each
+    check alone sees its kind: the values stay the same where the version or the storage
+    moves)."""
     w = torch.nn.Linear(40, 30).weight
     kept = cpu_fused.bf16_weight(w)
     assert kept.dtype == torch.bfloat16 and torch.equal(kept, w.detach().bfloat16())
     assert cpu_fused.bf16_weight(w) is kept
     rows = cpu_fused.bf16_weight(w, (10, 30))
     assert torch.equal(rows, w.detach()[10:30].bfloat16()) and rows.is_contiguous()
-    updates = (lambda: w.add_(1.0),                          # version counter
-               lambda: w.data.copy_(torch.randn(30, 40)),    # .data: a sample differs
-               lambda: setattr(w, 'data', torch.randn(30, 40)))  # another storage
+    updates = (lambda: w.mul_(1.0),                                 # version counter only
+               lambda: setattr(w, 'data', w.data.clone()),          # storage only
+               lambda: w.data.copy_(w.data + 1e-7 * torch.randn(30, 40)),  # .data: values
+               lambda: w.add_(1.0))
     for update in updates:
         with torch.no_grad():
             update()
         again = cpu_fused.bf16_weight(w)
         assert again is not kept and torch.equal(again, w.detach().bfloat16())
         kept = again
+        rows_again = cpu_fused.bf16_weight(w, (10, 30))
+        assert rows_again is not rows and torch.equal(rows_again, w.detach()[10:30].bfloat16())
+        rows = rows_again
+
+
+def test_bf16_weight_of_inference_tensors():
+    """A model made under inference_mode has inference-tensor weights, which have no
+    version counter: still kept, and an ordinary tensor usable outside inference_mode."""
+    with torch.inference_mode():
+        w = torch.nn.Linear(40, 30).weight
+        kept = cpu_fused.bf16_weight(w)
+        assert cpu_fused.bf16_weight(w) is kept and not kept.is_inference()
+        w.add_(1.0)
+        assert torch.equal(cpu_fused.bf16_weight(w), w.bfloat16())

@@ -537,6 +537,14 @@ def test_step_check_names_the_bad_loss_gradient_or_buffer():
     assert verdict['grad'] and verdict['norm'] == float('inf') and not verdict['loss']
     verdict, _ = step(mean=float('nan'))
     assert verdict['buffers'] == ['running_mean'] and not verdict['grad']
+    hook.check_grad = False  # the gradient is not looked at
+    verdict, _ = step(grad=float('inf'))
+    assert verdict is None
+    for p in model.parameters():  # a step without gradients: the loss still counts
+        p.grad = None
+    hook._verdict, hook._loss_bad = None, torch.tensor(True)
+    hook._before_step(optimizer, (), {})
+    assert hook._verdict['loss']
 
 
 def _save_checkpoints(folder, steps):
