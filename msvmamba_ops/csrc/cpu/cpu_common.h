@@ -206,9 +206,9 @@ MSV_INLINE void storev(float* p, V v) {
 // bfloat16 activations (under bf16 autocast the projections around the fused ops read and
 // write bf16), held as their raw 16 bits: the upper half of a float32. Widening is exact
 // (a zero-extend and a shift: vpmovzxwd + vpslld in the vector copies); narrowing rounds to
-// nearest even and turns NaN into the quiet 0x7FC0, bit for bit as torch's
-// float -> bfloat16 conversion (so a bf16 output equals the float32 op's output cast to
-// bf16). Both are plain integer math, which the compiler vectorises in every instruction-set
+// nearest even, bit for bit as torch's float -> bfloat16 conversion for every number
+// (so a bf16 output equals the float32 op's output cast to bf16), and turns NaN into the
+// quiet NaN 0x7FC0 (torch writes another NaN pattern, 0xFFFF). Both are plain integer math, which the compiler vectorises in every instruction-set
 // copy of a kernel; avx512_bf16's vcvtneps2bf16 would differ on denormals (it flushes them).
 typedef uint16_t bf16_bits;
 typedef uint16_t vbf16u __attribute__((vector_size(32), aligned(2)));  // 16 lanes, unaligned

@@ -381,6 +381,8 @@ std::tuple<at::Tensor, at::Tensor> ms2d_branch(
                 "msvmamba_cpu::ms2d_branch: a bf16 z must be a contiguous (", Bt, ", ", P, ", ",
                 E, ") CPU tensor");
   } else {
+    TORCH_CHECK(!z.has_value() || z->scalar_type() == at::kFloat,
+                "msvmamba_cpu::ms2d_branch: z must be a float32 or bfloat16 tensor");
     check_opt(z, "z", {Bt, P, E});
   }
   TORCH_CHECK(norm_weight.has_value() == norm_bias.has_value() &&
@@ -410,6 +412,9 @@ std::tuple<at::Tensor, at::Tensor> ms2d_branch(
   TORCH_CHECK(!epilogue || K == 1,
               "msvmamba_cpu::ms2d_branch: the epilogue (low, post norm, z, pool) needs one "
               "scan direction");
+  TORCH_CHECK(!epilogue || low.has_value(),
+              "msvmamba_cpu::ms2d_branch: the epilogue (post norm, z, pool) is the "
+              "full-resolution branch's and needs low");
   TORCH_CHECK(!bf16_out || low.has_value(),
               "msvmamba_cpu::ms2d_branch: bf16_out needs the full-resolution epilogue (low)");
   int64_t lh = 0, lw = 0;
