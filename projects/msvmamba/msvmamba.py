@@ -472,15 +472,11 @@ class MultiScaleSS2D(nn.Module):
         with torch.autocast('cpu', enabled=False):
             x_in = F.linear(x.float(), self.in_proj.weight[:inner])
         # the gate half and out_proj multiply with the kept bf16 copies under autocast
-        out_weight = self.out_proj.weight
-        z = None
-        if self.gate:
-            gate_weight = self.in_proj.weight[inner:]
-            if autocast:
-                gate_weight = cpu_fused.bf16_weight(self.in_proj.weight, (inner, 2 * inner))
-            z = F.linear(x, gate_weight).view(batch, H * W, inner)
+        gate_weight, out_weight = self.in_proj.weight[inner:], self.out_proj.weight
         if autocast:
+            gate_weight = cpu_fused.bf16_weight(self.in_proj.weight, (inner, 2 * inner))
             out_weight = cpu_fused.bf16_weight(out_weight)
+        z = F.linear(x, gate_weight).view(batch, H * W, inner) if self.gate else None
         norm = (self.out_norm.weight, self.out_norm.bias)
         per_branch = self.out_norm_mode == 'per_branch'
 
@@ -500,7 +496,7 @@ class MultiScaleSS2D(nn.Module):
             norm=norm if per_branch else None, eps=self.out_norm.eps,
             low=y_low.view(batch, h, w, inner), nearest=self.upsample_mode == 'nearest',
             post_norm=None if per_branch else norm, z=z, pool=self.se is not None,
-            bf16_out=torch.is_autocast_enabled('cpu'))
+            bf16_out=autocast)
         if self.se is None:
             return F.linear(y, out_weight).view(batch, H, W, -1)
         # Squeeze-excite scales the E input channels of out_proj per image: scale whichever

@@ -324,15 +324,21 @@ void upsample_table(int64_t in, int64_t out, bool nearest, int64_t* idx, float* 
   }
 }
 
-void check_f32(const at::Tensor& t, const char* name, at::IntArrayRef sizes) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(),
-              "msvmamba_cpu::ms2d_branch: ", name, " must be a contiguous float32 CPU tensor");
+// t: a contiguous CPU tensor of ``sizes``, float32 (or bf16 where ``bf16_ok``)
+void check_f32(const at::Tensor& t, const char* name, at::IntArrayRef sizes,
+               bool bf16_ok = false) {
+  const bool dtype_ok = t.scalar_type() == at::kFloat ||
+                        (bf16_ok && t.scalar_type() == at::kBFloat16);
+  TORCH_CHECK(t.device().is_cpu() && dtype_ok && t.is_contiguous(),
+              "msvmamba_cpu::ms2d_branch: ", name, " must be a contiguous float32 ",
+              bf16_ok ? "or bfloat16 " : "", "CPU tensor");
   TORCH_CHECK(t.sizes() == sizes, "msvmamba_cpu::ms2d_branch: ", name, " must have shape ",
               sizes, ", got ", t.sizes());
 }
 
-void check_opt(const std::optional<at::Tensor>& t, const char* name, at::IntArrayRef sizes) {
-  if (t.has_value()) check_f32(*t, name, sizes);
+void check_opt(const std::optional<at::Tensor>& t, const char* name, at::IntArrayRef sizes,
+               bool bf16_ok = false) {
+  if (t.has_value()) check_f32(*t, name, sizes, bf16_ok);
 }
 
 std::tuple<at::Tensor, at::Tensor> ms2d_branch(
@@ -374,17 +380,8 @@ std::tuple<at::Tensor, at::Tensor> ms2d_branch(
   check_opt(norm_bias, "norm_bias", {E});
   check_opt(post_weight, "post_weight", {E});
   check_opt(post_bias, "post_bias", {E});
+  check_opt(z, "z", {Bt, P, E}, /*bf16_ok=*/true);  // a bf16 gate under autocast
   const bool z16 = z.has_value() && z->scalar_type() == at::kBFloat16;
-  if (z16) {  // a bf16 gate: shape and layout as a float32 one
-    const std::vector<int64_t> z_sizes{Bt, P, E};
-    TORCH_CHECK(z->device().is_cpu() && z->is_contiguous() && z->sizes() == z_sizes,
-                "msvmamba_cpu::ms2d_branch: a bf16 z must be a contiguous (", Bt, ", ", P, ", ",
-                E, ") CPU tensor");
-  } else {
-    TORCH_CHECK(!z.has_value() || z->scalar_type() == at::kFloat,
-                "msvmamba_cpu::ms2d_branch: z must be a float32 or bfloat16 tensor");
-    check_opt(z, "z", {Bt, P, E});
-  }
   TORCH_CHECK(norm_weight.has_value() == norm_bias.has_value() &&
                   post_weight.has_value() == post_bias.has_value(),
               "msvmamba_cpu::ms2d_branch: give LayerNorm weight and bias together");
