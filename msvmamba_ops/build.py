@@ -81,12 +81,12 @@ class Extension:
 
 EXTENSIONS: Dict[str, Extension] = {
     # Fused CPU selective scan (forward + backward) and the fused inference passes of the
-    # backbone's token mixer and ConvFFN; ops torch.ops.msvmamba_cpu.{fwd,bwd,isa,ms2d_branch,
-    # convffn_dwconv_gelu}.
+    # backbone's token mixer and ConvFFN, and the bf16 blocks' residual LayerNorm; ops
+    # torch.ops.msvmamba_cpu.{fwd,bwd,isa,ms2d_branch,convffn_dwconv_gelu,residual_layer_norm}.
     'cpu': Extension(
         module='msvmamba_cpu_scan',
         sources=['csrc/cpu/selective_scan_cpu.cpp', 'csrc/cpu/ms2d_cpu.cpp',
-                 'csrc/cpu/convffn_cpu.cpp'],
+                 'csrc/cpu/convffn_cpu.cpp', 'csrc/cpu/norm_cpu.cpp'],
         headers=['csrc/cpu/cpu_common.h'],
         cflags=COMMON_CFLAGS + OPENMP_CFLAGS,
         ldflags=OPENMP_LDFLAGS,

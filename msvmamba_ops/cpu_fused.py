@@ -91,7 +91,8 @@ def _sample(t: Tensor) -> Tensor:
     return flat[::max(1, flat.numel() // _SAMPLED)][:_SAMPLED]
 
 
-def bf16_weight(weight: Tensor, rows: Optional[Tuple[int, int]] = None) -> Tensor:
+def bf16_weight(weight: Tensor, rows: Optional[Tuple[int, int]] = None,
+                split: bool = False) -> Tensor:
     """``weight[rows[0]:rows[1]]`` (the whole of it by default) in bf16, kept from one
     forward to the next: autocast casts every float32 weight again at each forward (4% of
     Tiny's bf16 forward at batch 8).
@@ -105,17 +106,20 @@ def bf16_weight(weight: Tensor, rows: Optional[Tuple[int, int]] = None) -> Tenso
     the weights the fast path multiplies with (half their float32 size) while they live."""
     copies = _bf16_copies.setdefault(weight, {})
     source = weight if rows is None else weight[rows[0]:rows[1]]
+    key = (rows, split)
     version = None if weight.is_inference() else weight._version
     ptr = weight.data_ptr()
-    kept = copies.get(rows)
+    kept = copies.get(key)
     if (kept is None or kept[0] != version or kept[1] != ptr
             or not torch.equal(_sample(source), kept[2])):
         # ordinary tensors even when first made under inference_mode (as scan_order's
         # cached indices): the copy may serve a later forward outside it
         with torch.inference_mode(False), torch.no_grad():
-            kept = (version, ptr, _sample(source).clone(),
-                    source.detach().to(torch.bfloat16, copy=True))
-        copies[rows] = kept
+            high = source.detach().to(torch.bfloat16, copy=True)
+            if split:
+                high = torch.cat([high, (source.detach() - high.float()).to(torch.bfloat16)], 1)
+            kept = (version, ptr, _sample(source).clone(), high)
+        copies[key] = kept
     return kept[3]
 
 
@@ -195,11 +199,12 @@ def ms2d_branch(x: Tensor,
                 z: Optional[Tensor] = None,
                 pool: bool = False,
                 bf16_out: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
-    """One branch of MultiScaleSS2D, forward only, float32 CPU tensors (the gate ``z`` may
-    be bf16, and the full-resolution branch may write bf16: ``bf16_out``).
+    """One branch of MultiScaleSS2D, forward only, float32 CPU tensors (the input ``x`` and
+    the gate ``z`` may be bf16, and the full-resolution branch may write bf16: ``bf16_out``).
 
     Args:
-        x: (B, Hin, Win, E) channel-last map before the branch's depthwise conv.
+        x: (B, Hin, Win, E) channel-last map before the branch's depthwise conv, float32 or
+            bf16 (widened as the conv reads it).
         conv_weight, conv_bias, stride, padding: the depthwise conv ((E, 1, k, k) weight,
             (E,) bias or None, zero padding), followed by SiLU; its output map is (H, W).
         order: (K*H*W,) int64, the map position of each scan step (K directions, each a
@@ -251,3 +256,34 @@ def convffn_dwconv_gelu(h: Tensor, in_bias: Optional[Tensor], weight: Tensor,
 
 __all__ = ['fast_path_eligible', 'why_not_fast_path', 'is_available', 'unavailable_reason',
            'bf16_instructions', 'bf16_weight', 'ms2d_branch', 'convffn_dwconv_gelu', 'ENV_FUSED']
+
+
+def residual_layer_norm(x: Tensor, y: Optional[Tensor], norm: Optional[Tuple[Tensor, Tensor]],
+                        eps: float = 1e-5, twice: bool = False
+                        ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """The residual add and the LayerNorm before bf16 products, in one pass (forward only,
+    CPU): ``s = x + y`` (``x`` itself when ``y`` is None) and ``n = LayerNorm(s)`` over the
+    last dim, computed in float32 and rounded to bf16.
+
+    Args:
+        x: (..., C) float32, the residual stream.
+        y: the same shape, float32 or bf16 (a branch output joining the stream), or None.
+        norm: (weight, bias), (C,) float32, of the LayerNorm, or None: the add only.
+        eps: the LayerNorm's epsilon.
+        twice: also return the rows ``[n, n]`` (..., 2C), the input of a product on a
+            weight split into bf16 high and low parts (``bf16_weight(..., split=True)``).
+
+    Returns:
+        (s, n, n_twice): s float32 shaped as x; n bf16 shaped as x (None without norm);
+        n_twice bf16 (..., 2C) with ``twice``, else None.
+    """
+    weight, bias = norm if norm is not None else (None, None)
+    s, n, n2 = cpu_scan.ops().residual_layer_norm(x, y, weight, bias, float(eps), twice)
+    return (x if y is None else s), (n if norm is not None else None), (n2 if twice else None)
+
+
+def scale_channels_(y: Tensor, scale: Tensor) -> Tensor:
+    """``y[b, p, e] *= scale[b, e]`` in place for a bf16 (B, P, E) map and a float32 (B, E)
+    scale (squeeze-excite under bf16 autocast): each product rounded to bf16 once, without
+    ATen's float32 copies of both tensors around a mixed-dtype multiply."""
+    return cpu_scan.ops().scale_channels_(y, scale)

@@ -236,6 +236,13 @@ class PatchMerging2D(nn.Module):
             x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2],
                        x[:, 1::2, 1::2]], dim=-1)
+        if torch.is_autocast_enabled('cpu') and cpu_fused.fast_path_eligible(
+                self, x, supported=x.dtype == torch.float32):
+            # under bf16 autocast: the norm writes bf16 for the product (no cast pass), which
+            # multiplies with the kept bf16 copy of its weight
+            _, x, _ = cpu_fused.residual_layer_norm(x, None, (self.norm.weight, self.norm.bias),
+                                                    self.norm.eps)
+            return F.linear(x, cpu_fused.bf16_weight(self.reduction.weight))
         return self.reduction(self.norm(x))
 
 
@@ -452,30 +459,38 @@ class MultiScaleSS2D(nn.Module):
             y = _mul_into(y, _silu_into(z))
         return self.out_proj(y)
 
-    def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _fused_forward(self, x: torch.Tensor,
+                       x_twice: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The CPU inference fast path of :meth:`forward` (one full-resolution direction):
         everything between in_proj and out_proj in two fused
         :func:`~msvmamba_ops.cpu_fused.ms2d_branch` calls, the low-res branch, then the
-        full-res branch with the merge epilogue. Under bf16 autocast the gate half of
-        in_proj, out_proj (on kept bf16 copies of their weights) and squeeze-excite run in
-        bf16, the scan half of in_proj and the fused calls in float32; the full-res call
-        reads the bf16 gate and writes bf16 for out_proj."""
+        full-res branch with the merge epilogue.
+
+        Under bf16 autocast the projections run in bf16 on kept bf16 copies of their
+        weights (``cpu_fused.bf16_weight``), squeeze-excite and the fused calls in float32;
+        the fused calls read the bf16 scan input and gate and write bf16 for out_proj.
+        ``x_twice``: the bf16 rows ``[x, x]`` (B, H, W, 2C) when the caller has them
+        (:class:`VSSBlock`'s fused LayerNorm writes them), else they are made here."""
         batch, H, W, _ = x.shape
         inner = self.inner_channels
-        # The scan half of in_proj stays float32 under autocast: its output drives the scan
-        # (the decays exp(delta * A)), where bf16 rounding costs most (a bf16 in_proj made
-        # the seeded Tiny's bf16 logits error 2.2e-2; bf16-rounded inputs with a float32
-        # result 2.0e-2 to 2.2e-2 depending on the float32 kernels; float32: 1.7e-2 with
-        # the gate half in bf16; docs/benchmarks.md has the split). Two products, so that
-        # x_in comes out contiguous.
         autocast = torch.is_autocast_enabled('cpu')
-        with torch.autocast('cpu', enabled=False):
-            x_in = F.linear(x.float(), self.in_proj.weight[:inner])
-        # the gate half and out_proj multiply with the kept bf16 copies under autocast
         gate_weight, out_weight = self.in_proj.weight[inner:], self.out_proj.weight
         if autocast:
+            # The scan half of in_proj drives the scan (the decays exp(delta * A)). Rounding
+            # its weight to bf16 moves the seeded models' logits most (a fixed perturbation
+            # that every token sees; rounding the input is noise that averages out), so it
+            # multiplies [x, x] with the weight split into bf16 high and low parts: bf16
+            # products at twice the inner dimension, the weight exact to ~16 bits
+            # (docs/benchmarks.md has the error split by layer).
+            x = x.to(torch.bfloat16)
+            if x_twice is None:
+                x_twice = torch.cat([x, x], -1)
+            x_in = F.linear(x_twice, cpu_fused.bf16_weight(self.in_proj.weight, (0, inner),
+                                                           split=True))
             gate_weight = cpu_fused.bf16_weight(self.in_proj.weight, (inner, 2 * inner))
             out_weight = cpu_fused.bf16_weight(out_weight)
+        else:
+            x_in = F.linear(x, self.in_proj.weight[:inner])
         z = F.linear(x, gate_weight).view(batch, H * W, inner) if self.gate else None
         norm = (self.out_norm.weight, self.out_norm.bias)
         per_branch = self.out_norm_mode == 'per_branch'
@@ -500,13 +515,21 @@ class MultiScaleSS2D(nn.Module):
         if self.se is None:
             return F.linear(y, out_weight).view(batch, H, W, -1)
         # Squeeze-excite scales the E input channels of out_proj per image: scale whichever
-        # is smaller, y (B, H*W, E) or a per-image copy of the weight (B, C, E).
-        scale = self.se.fc(pooled / (H * W))
+        # is smaller, y (B, H*W, E) or a per-image copy of the weight (B, C, E). Under
+        # autocast the scale stays float32: its two small products cost nothing, and
+        # rounding it would be the same error on every position of an image (the seeded
+        # Tiny's bf16 logits error 1.8e-2 instead of 1.3e-2).
+        with torch.autocast('cpu', enabled=False):
+            scale = self.se.fc(pooled / (H * W))
         weight = self.out_proj.weight
         if weight.shape[0] < H * W:
             weight = weight[None] * scale[:, None, :]
             return torch.bmm(y, weight.transpose(1, 2)).view(batch, H, W, -1)
-        return F.linear(y.mul_(scale[:, None, :]), out_weight).view(batch, H, W, -1)
+        if y.dtype == torch.bfloat16:
+            y = cpu_fused.scale_channels_(y, scale)
+        else:
+            y = y.mul_(scale[:, None, :])
+        return F.linear(y, out_weight).view(batch, H, W, -1)
 
 
 class VSSBlock(nn.Module):
@@ -544,10 +567,40 @@ class VSSBlock(nn.Module):
         self.norm2 = nn.LayerNorm(channels, eps=norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bf16_fast_path_eligible(x):
+            x, y = self.bf16_fused_forward(x)
+            return x + y
         x = x + self.drop_path(self.op(self.norm(x)))
         if self.ffn_pre_norm:
             return x + self.drop_path(self.convFFN(self.norm2(x)))
         return x + self.drop_path(self.norm2(self.convFFN(x)))
+
+    def bf16_fast_path_eligible(self, x: torch.Tensor) -> bool:
+        """Whether :meth:`bf16_fused_forward` may run on ``x``: CPU inference under bf16
+        autocast where the fused ops serve (``cpu_fused.why_not_fast_path``), on the float32
+        stream that :class:`MSVMambaStage` keeps."""
+        return torch.is_autocast_enabled('cpu') and cpu_fused.fast_path_eligible(
+            self, x, supported=len(self.op.full_directions) == 1 and
+            x.dtype == torch.float32 and x.is_contiguous())
+
+    def bf16_fused_forward(self, x: torch.Tensor, pending: Optional[torch.Tensor] = None
+                           ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` on the CPU fast path under bf16 autocast (inference), returning
+        ``(x, y)`` with the block's output ``x + y``: the last branch output ``y`` (bf16) is
+        left for the next block's first norm to add (``pending``), as the other adds and
+        the LayerNorms before bf16 products are: fused
+        :func:`~msvmamba_ops.cpu_fused.residual_layer_norm` passes (add, norm and bf16
+        rounding in one; ATen runs three), the norm before the token mixer also written
+        twice along each row for its split-weight product."""
+        x, h, twice = cpu_fused.residual_layer_norm(
+            x, pending, (self.norm.weight, self.norm.bias), self.norm.eps, twice=True)
+        y = self.op._fused_forward(h, x_twice=twice)
+        if self.ffn_pre_norm:
+            x, h, _ = cpu_fused.residual_layer_norm(
+                x, y, (self.norm2.weight, self.norm2.bias), self.norm2.eps)
+            return x, self.convFFN(h)
+        x = x + y
+        return x, self.norm2(self.convFFN(x))
 
 
 class MSVMambaStage(nn.Module):
@@ -567,11 +620,24 @@ class MSVMambaStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Returns (stage output before downsampling, downsampled map)."""
+        if torch.is_autocast_enabled(x.device.type) and x.dtype in (torch.bfloat16,
+                                                                    torch.float16):
+            # The residual stream stays float32 under autocast (the stem and the downsample
+            # end in bf16 products); a bf16 stream rounds at every block's add.
+            x = x.float()
+        pending = None  # a bf16 fast-path block's last branch output, not yet added to x
         for block in self.blocks:
+            if block.bf16_fast_path_eligible(x):
+                x, pending = block.bf16_fused_forward(x, pending)
+                continue
+            if pending is not None:
+                x, pending = cpu_fused.residual_layer_norm(x, pending, None)[0], None
             if self.with_cp and self.training and torch.is_grad_enabled():
                 x = cp.checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
+        if pending is not None:  # (ATen would convert pending to float32 first)
+            x = cpu_fused.residual_layer_norm(x, pending, None)[0]
         return x, self.downsample(x)
 
 

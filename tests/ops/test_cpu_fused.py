@@ -76,7 +76,7 @@ def test_branch_op_errors_name_the_problem():
         cpu_fused.ms2d_branch(**dict(args, pool=True))
     with pytest.raises(RuntimeError, match='z must be a contiguous float32 or bfloat16 CPU tensor'):
         cpu_fused.ms2d_branch(**dict(args, z=torch.zeros(2, 12, 16, dtype=torch.float16)))
-    with pytest.raises(RuntimeError, match='x must be a contiguous float32 CPU tensor'):
+    with pytest.raises(RuntimeError, match='x must be a contiguous float32 or bfloat16 CPU tensor'):
         cpu_fused.ms2d_branch(**dict(args, x=args['x'].double()))
     with pytest.raises(RuntimeError, match='D must have shape'):
         cpu_fused.ms2d_branch(**dict(args, D=torch.randn(15)))

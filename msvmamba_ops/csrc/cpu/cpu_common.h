@@ -240,6 +240,23 @@ MSV_INLINE void store_bf16_row(bf16_bits* __restrict dst, const float* __restric
   for (int64_t i = 0; i < n; ++i) dst[i] = float_to_bf16(src[i]);
 }
 
+// y[0 : E] = LayerNorm(y) * w + b in place: mean, then the variance about it (two passes
+// over a row that sits in L1).
+MSV_INLINE void layer_norm_(float* __restrict y, int64_t E, const float* __restrict w,
+                            const float* __restrict b, float eps) {
+  float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t e = 0; e < E; ++e) sum += y[e];
+  const float mean = sum / static_cast<float>(E);
+  float sq = 0.f;
+#pragma omp simd reduction(+ : sq)
+  for (int64_t e = 0; e < E; ++e) sq += (y[e] - mean) * (y[e] - mean);
+  // 1 / sqrt rounded once, as a division (no approximate reciprocal square root)
+  const float rstd = 1.f / std::sqrt(sq / static_cast<float>(E) + eps);
+#pragma omp simd
+  for (int64_t e = 0; e < E; ++e) y[e] = (y[e] - mean) * rstd * w[e] + b[e];
+}
+
 // A float32 tensor of ``sizes`` holding src in its leading corner and zeros elsewhere (the
 // fused kernels' weights, padded to whole vectors); all zeros for a missing src.
 inline at::Tensor zero_padded(const std::optional<at::Tensor>& src, at::IntArrayRef sizes) {

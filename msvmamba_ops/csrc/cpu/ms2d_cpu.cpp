@@ -45,7 +45,8 @@ namespace {
 
 struct Ms2dArgs {
   using acc_t = float;
-  const float* x;        // (Bt, Hin, Win, E) map before the depthwise conv
+  const float* x;        // (Bt, Hin, Win, E) map before the depthwise conv, or null when
+  const bf16_bits* x16;  // it is bf16 (the scan half of in_proj under bf16 autocast)
   int64_t Hin, Win;
   const float* conv_w;   // (k * k, EP) depthwise conv taps, transposed
   const float* conv_b;   // (EP) conv bias (zeros when there is none)
@@ -124,25 +125,11 @@ MSV_INLINE void gemm_rows(const float* in, int64_t ld_in, int64_t K, const float
   }
 }
 
-MSV_INLINE void layer_norm_(float* __restrict y, int64_t E, const float* __restrict w,
-                            const float* __restrict b, float eps) {
-  float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t e = 0; e < E; ++e) sum += y[e];
-  const float mean = sum / static_cast<float>(E);
-  float sq = 0.f;
-#pragma omp simd reduction(+ : sq)
-  for (int64_t e = 0; e < E; ++e) sq += (y[e] - mean) * (y[e] - mean);
-  // 1 / sqrt rounded once, as a division (no approximate reciprocal square root)
-  const float rstd = 1.f / std::sqrt(sq / static_cast<float>(E) + eps);
-#pragma omp simd
-  for (int64_t e = 0; e < E; ++e) y[e] = (y[e] - mean) * rstd * w[e] + b[e];
-}
-
 // Rows p0 .. p0 + n - 1 (row-major map positions) of the branch input: dst row q =
 // act(bias + depthwise conv of x) at position p0 + q (zero padding: taps outside the input
 // are skipped). dst rows are EP floats apart.
-MSV_INLINE void conv_positions(const Ms2dArgs& a, const float* __restrict xb, int64_t p0,
+template <typename T>
+MSV_INLINE void conv_positions(const Ms2dArgs& a, const T* __restrict xb, int64_t p0,
                                int64_t n, float* __restrict dst) {
   const int64_t EP = a.EP;
   for (int64_t q = 0; q < n; ++q) std::copy(a.conv_b, a.conv_b + EP, dst + q * EP);
@@ -157,6 +144,17 @@ MSV_INLINE void conv_positions(const Ms2dArgs& a, const float* __restrict xb, in
     float* d = dst + q * EP;
 #pragma omp simd
     for (int64_t e = 0; e < a.E; ++e) d[e] = silu_(d[e]);
+  }
+}
+
+// conv_positions on batch item x0's map, float32 or bf16 (an inline function, not a lambda:
+// a lambda's body would be compiled without the instruction-set target of its caller).
+MSV_INLINE void conv_input(const Ms2dArgs& a, int64_t x0, int64_t p0, int64_t n,
+                           float* __restrict dst) {
+  if (a.x16) {
+    conv_positions(a, a.x16 + x0, p0, n, dst);
+  } else {
+    conv_positions(a, a.x + x0, p0, n, dst);
   }
 }
 
@@ -177,8 +175,8 @@ MSV_INLINE void ms2d_tasks(const Ms2dArgs& a, const Next& next) {
   float* h = xd + T * JP;  // (N, EP) states
   float* y = h + N * EP;   // (EP) output of the current step
   for (int64_t b = next(); b >= 0; b = next()) {
-    const float* xb = a.x + b * a.Hin * a.Win * E;
-    if (whole_map) conv_positions(a, xb, 0, a.P, map.data());
+    const int64_t x0 = b * a.Hin * a.Win * E;  // the batch item's map, float32 or bf16
+    if (whole_map) conv_input(a, x0, 0, a.P, map.data());
     float* pool = a.pool ? a.pool + b * E : nullptr;
     if (pool) std::fill(pool, pool + E, 0.f);
     std::fill(h, h + N * EP, 0.f);
@@ -192,7 +190,7 @@ MSV_INLINE void ms2d_tasks(const Ms2dArgs& a, const Next& next) {
           std::copy(src, src + EP, u + t * EP);
         }
       } else {  // one row-major direction: the tile is map positions s0 .. s0 + nt - 1
-        conv_positions(a, xb, s0, nt, u);
+        conv_input(a, x0, s0, nt, u);
       }
       // 2. x projection: (dt, B, C) = u W_x^T, 3. delta = softplus(dt W_dt^T + bias)
       for (int64_t k = 0; k < nblocks; ++k) {
@@ -368,7 +366,8 @@ std::tuple<at::Tensor, at::Tensor> ms2d_branch(
   TORCH_CHECK(dt_proj_weight.dim() == 2 && dt_proj_weight.size(0) == E,
               "msvmamba_cpu::ms2d_branch: dt_proj_weight must be (E, R)");
   const int64_t R = dt_proj_weight.size(1);
-  check_f32(x, "x", {Bt, Hin, Win, E});
+  check_f32(x, "x", {Bt, Hin, Win, E}, /*bf16_ok=*/true);  // bf16 under autocast
+  const bool x16 = x.scalar_type() == at::kBFloat16;
   check_f32(conv_weight, "conv_weight", {E, 1, ksize, ksize});
   check_opt(conv_bias, "conv_bias", {E});
   check_f32(x_proj_weight, "x_proj_weight", {R + 2 * N, E});
@@ -424,7 +423,7 @@ std::tuple<at::Tensor, at::Tensor> ms2d_branch(
   }
   at::Tensor out = empty_cached({Bt, P, E}, x.options().dtype(bf16_out ? at::kBFloat16
                                                                           : at::kFloat));
-  at::Tensor pooled = at::empty({pool ? Bt : 0, E}, x.options());
+  at::Tensor pooled = at::empty({pool ? Bt : 0, E}, x.options().dtype(at::kFloat));
   if (Bt == 0 || P == 0 || E == 0) {
     pooled.zero_();
     return {out, pooled};
@@ -449,7 +448,8 @@ std::tuple<at::Tensor, at::Tensor> ms2d_branch(
                                         {ksize * ksize, EP});
   const at::Tensor conv_b = zero_padded(conv_bias, {EP});
   Ms2dArgs args{};
-  args.x = x.const_data_ptr<float>();
+  args.x = x16 ? nullptr : x.const_data_ptr<float>();
+  args.x16 = x16 ? static_cast<const bf16_bits*>(x.const_data_ptr()) : nullptr;
   args.Hin = Hin;
   args.Win = Win;
   args.conv_w = conv_w.const_data_ptr<float>();
