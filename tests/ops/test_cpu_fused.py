@@ -170,3 +170,109 @@ def test_bf16_weight_of_inference_tensors():
         assert cpu_fused.bf16_weight(w) is kept and not kept.is_inference()
         w.add_(1.0)
         assert torch.equal(cpu_fused.bf16_weight(w), w.bfloat16())
+
+
+def test_branch_op_bf16_input():
+    """A bf16 x (the scan half of in_proj under bf16 autocast) is read as its float32
+    values, exactly: through the whole-map conv of a two-direction branch and the per-tile
+    conv of the full-resolution epilogue. A 3x3 conv over both images: every tap offset
+    into the bf16 map, the second image's offset included."""
+    torch.manual_seed(0)
+    args = dict(branch_inputs(E=40), conv_weight=torch.randn(40, 1, 3, 3), padding=1)
+    x = args['x'].bfloat16()
+    two_directions = dict(order=torch.cat([torch.arange(12), torch.arange(12).flip(0)]))
+    epilogue = dict(low=torch.randn(2, 2, 2, 40), z=torch.randn(2, 12, 40).bfloat16(),
+                    pool=True, bf16_out=True)
+    for extra in (two_directions, epilogue):
+        got = cpu_fused.ms2d_branch(**dict(args, x=x, **extra))
+        want = cpu_fused.ms2d_branch(**dict(args, x=x.float(), **extra))
+        assert torch.equal(got[0], want[0])
+        assert (got[1] is want[1] is None) or torch.equal(got[1], want[1])  # pooled
+
+
+def layer_norm_weights(C=40):
+    """(weight, bias) far enough from (1, 0) that using either wrongly shows."""
+    return 1 + 0.1 * torch.randn(C), 0.1 * torch.randn(C)
+
+
+@pytest.mark.parametrize('y_dtype', [torch.bfloat16, torch.float32])
+def test_residual_layer_norm_matches_aten(y_dtype):
+    """s = x + y exactly (a bf16 y widened first); n = LayerNorm(s) computed in float32
+    and rounded once to bf16: ATen's float32 LayerNorm cast to bf16, bit for bit nearly
+    everywhere (their float32 sums may round apart), within a relative bf16 step always;
+    twice: the rows [n, n]. 21 rows of 40 channels: two tasks of 16 rows, two 16-lane
+    vectors and a tail."""
+    torch.manual_seed(0)
+    x, y, norm = torch.randn(3, 7, 40), torch.randn(3, 7, 40).to(y_dtype), layer_norm_weights()
+    s, n, n_twice = cpu_fused.residual_layer_norm(x, y, norm, 1e-5, twice=True)
+    assert s.dtype == torch.float32 and torch.equal(s, x + y.float())
+    want = F.layer_norm(x + y.float(), (40, ), *norm, eps=1e-5)
+    assert n.dtype == torch.bfloat16 and n.shape == x.shape
+    assert ((n.float() - want).abs() <= 2**-8 * want.abs() + 1e-6).all()
+    assert (n == want.bfloat16()).float().mean() >= 0.99
+    assert n_twice.dtype == torch.bfloat16 and n_twice.shape == (3, 7, 80)
+    assert torch.equal(n_twice[..., :40], n) and torch.equal(n_twice[..., 40:], n)
+    assert cpu_fused.residual_layer_norm(x, y, norm)[2] is None  # twice=False
+
+
+def test_residual_layer_norm_without_y_or_norm():
+    """Without y the stream is x itself (the op returns no copy) and n its norm (what a zero
+    y gives); without norm only the add: no n, no [n, n]."""
+    torch.manual_seed(0)
+    x, y, norm = torch.randn(3, 7, 40), torch.randn(3, 7, 40).bfloat16(), layer_norm_weights()
+    s, n, n_twice = cpu_fused.residual_layer_norm(x, None, norm, twice=True)
+    _, n_zero_y, _ = cpu_fused.residual_layer_norm(x, torch.zeros_like(x), norm)
+    assert s is x and torch.equal(n, n_zero_y) and torch.equal(n_twice[..., 40:], n)
+    s, n, n_twice = cpu_fused.residual_layer_norm(x, y, None)
+    assert torch.equal(s, x + y.float()) and n is None and n_twice is None
+
+
+def test_residual_layer_norm_errors_name_the_problem():
+    x, y, norm = torch.randn(3, 40), torch.randn(3, 40), layer_norm_weights()
+    with pytest.raises(RuntimeError, match='x must be a contiguous float32 CPU tensor'):
+        cpu_fused.residual_layer_norm(x.double(), None, norm)
+    with pytest.raises(RuntimeError, match=r'y must be .* shaped as x \[3, 40\], got \[3, 39\]'):
+        cpu_fused.residual_layer_norm(x, y[:, :39].contiguous(), norm)
+    with pytest.raises(RuntimeError, match=r'weight and bias must be .* \(C,\) .* C = 40'):
+        cpu_fused.residual_layer_norm(x, y, (norm[0][:39], norm[1]))
+    with pytest.raises(RuntimeError, match=r'without weight and bias \(the add only\) y is '):
+        cpu_fused.residual_layer_norm(x, None, None)
+    with pytest.raises(RuntimeError, match='and twice is not'):
+        cpu_fused.residual_layer_norm(x, y, None, twice=True)
+
+
+def test_scale_channels_in_place():
+    """y[b, p, e] *= scale[b, e] on a bf16 map, in place: the float32 product rounded once,
+    exactly. 70 positions: three tasks of 32 per image, the last one partial."""
+    torch.manual_seed(0)
+    y, scale = torch.randn(2, 70, 40).bfloat16(), torch.randn(2, 40)
+    want = (y.float() * scale[:, None, :]).bfloat16()
+    assert cpu_fused.scale_channels_(y, scale) is y and torch.equal(y, want)
+    with pytest.raises(RuntimeError, match=r'y must be a contiguous bfloat16 \(B, P, E\)'):
+        cpu_fused.scale_channels_(y.float(), scale)
+    with pytest.raises(RuntimeError, match=r'scale must be .* \(B, E\) CPU tensor, B, E = 2, 40'):
+        cpu_fused.scale_channels_(y, scale[:, :39].contiguous())
+
+
+def test_bf16_weight_split_into_high_and_low_parts():
+    """split=True: rows [W_hi, W_lo] (rows, 2 * in), W_hi = W in bf16, W_lo = the rest in
+    bf16: W_hi + W_lo is W to ~16 bits where W_hi alone is ~8. Kept apart from the plain
+    bf16 copy of the same rows, and made again after an update."""
+    w = torch.nn.Linear(40, 30).weight
+
+    def parts(rows):
+        high = rows.bfloat16()
+        return high, (rows - high.float()).bfloat16()
+
+    split = cpu_fused.bf16_weight(w, (0, 20), split=True)
+    rows = w.detach()[:20]
+    high, low = parts(rows)
+    assert split.dtype == torch.bfloat16 and torch.equal(split, torch.cat([high, low], 1))
+    assert ((high.float() + low.float() - rows).abs() <= 2**-16 * rows.abs()).all()
+    assert ((high.float() - rows).abs() > 2**-12 * rows.abs()).any()  # what low adds
+    assert torch.equal(cpu_fused.bf16_weight(w, (0, 20)), high)  # not the split copy
+    assert cpu_fused.bf16_weight(w, (0, 20), split=True) is split
+    with torch.no_grad():
+        w.add_(1.0)
+    again = cpu_fused.bf16_weight(w, (0, 20), split=True)
+    assert again is not split and torch.equal(again, torch.cat(parts(w.detach()[:20]), 1))
