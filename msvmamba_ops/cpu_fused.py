@@ -1,7 +1,7 @@
 """The fused CPU inference ops of the MSVMamba block and the check that says when a module
 may use them (as ``torch.nn.MultiheadAttention`` keeps its fast path apart from its math).
 
-Two tensor-level C++ ops, forward only, float32 CPU tensors (some bf16, see below):
+Tensor-level C++ ops, forward only, float32 CPU tensors (some bf16, see below):
 
 * ``msvmamba_cpu::ms2d_branch`` (:func:`ms2d_branch`): one token-mixer branch (depthwise
   conv, SiLU, x/dt projections, the selective scan, out_norm, the merge of the scan
@@ -9,7 +9,12 @@ Two tensor-level C++ ops, forward only, float32 CPU tensors (some bf16, see belo
   pooling and the SiLU gate) in one pass per scan step over the step's E channels
   (``csrc/cpu/ms2d_cpu.cpp`` lists the math);
 * ``msvmamba_cpu::convffn_dwconv_gelu`` (:func:`convffn_dwconv_gelu`): the ConvFFN's
-  bias, depthwise conv, residual and GELU (``csrc/cpu/convffn_cpu.cpp``).
+  bias, depthwise conv, residual and GELU (``csrc/cpu/convffn_cpu.cpp``);
+* for bf16 autocast only, ``msvmamba_cpu::residual_layer_norm``
+  (:func:`residual_layer_norm`: a block's residual add and the LayerNorm before its bf16
+  products, rounded to bf16, in one pass) and ``msvmamba_cpu::scale_channels_``
+  (:func:`scale_channels_`: squeeze-excite's scaling of a bf16 map), in
+  ``csrc/cpu/norm_cpu.cpp``.
 
 They take tensors and numbers, not modules. The backbone's modules
 (``projects/msvmamba/msvmamba.py``) compute their forward as plain tensor ops; when
@@ -27,14 +32,17 @@ backend other than ``auto``/``cpu`` in ``MSVMAMBA_SCAN_BACKEND`` also does, sinc
 op carries its own scan.
 
 Under ``torch.autocast('cpu', dtype=torch.bfloat16)`` the fast path stays on where the CPU
-multiplies bf16 natively (:func:`bf16_instructions`: avx512_bf16 or AMX): the modules' big
-projections (the gate half of in_proj, out_proj, the ConvFFN linears) run in bf16 as
-autocast chooses, and the fused ops read and write their bf16 maps themselves (the ConvFFN
-op bf16 in and out; the full-resolution branch a bf16 gate in and its output out), widening
-and rounding as the data streams through rather than in cast passes of their own. Their math
-stays float32 (the scan's state, decays and sums, the norms), and the scan half of in_proj,
-whose output drives the scan, stays a float32 matmul. Float16 autocast, or bf16 on a CPU that
-would emulate it, keeps the plain modules.
+multiplies bf16 natively (:func:`bf16_instructions`: avx512_bf16 or AMX). The projections
+run in bf16 on kept bf16 copies of their weights (:func:`bf16_weight`), and the fused ops
+read and write their bf16 maps themselves (the branch input, the gate and the output; the
+ConvFFN op's input and output), widening and rounding as the data streams through rather
+than in cast passes of their own. Their math stays float32 (the scan's state, decays and
+sums, the norms), and so does the residual stream between the blocks. The scan half of
+in_proj, whose output drives the scan, multiplies the rows ``[x, x]`` with its weight split
+into bf16 high and low parts (``bf16_weight(..., split=True)``): bf16 speed, the weight
+exact to about 16 bits, since a rounded weight is the same error on every token.
+``VSSBlock.bf16_fused_forward`` and ``MSVMambaStage`` put these together. Float16 autocast,
+or bf16 on a CPU that would emulate it, keeps the plain modules.
 """
 import os
 from typing import Optional, Tuple
@@ -95,7 +103,10 @@ def bf16_weight(weight: Tensor, rows: Optional[Tuple[int, int]] = None,
                 split: bool = False) -> Tensor:
     """``weight[rows[0]:rows[1]]`` (the whole of it by default) in bf16, kept from one
     forward to the next: autocast casts every float32 weight again at each forward (4% of
-    Tiny's bf16 forward at batch 8).
+    Tiny's bf16 forward at batch 8). With ``split`` the copy is ``[high, low]`` along the
+    input dim (out, 2 * in): ``high`` the weight rounded to bf16, ``low`` the rest rounded
+    to bf16, so that ``[x, x] @ copy.T`` is ``x @ weight.T`` with the weight exact to about
+    16 bits.
 
     The copy is made again when the weight may have changed: its version counter moved
     (an in-place update under autograd's eye: ``load_state_dict``, an optimizer step,
@@ -115,10 +126,11 @@ def bf16_weight(weight: Tensor, rows: Optional[Tuple[int, int]] = None,
         # ordinary tensors even when first made under inference_mode (as scan_order's
         # cached indices): the copy may serve a later forward outside it
         with torch.inference_mode(False), torch.no_grad():
-            high = source.detach().to(torch.bfloat16, copy=True)
+            copy = source.detach().to(torch.bfloat16, copy=True)
             if split:
-                high = torch.cat([high, (source.detach() - high.float()).to(torch.bfloat16)], 1)
-            kept = (version, ptr, _sample(source).clone(), high)
+                low = (source.detach() - copy.float()).to(torch.bfloat16)
+                copy = torch.cat([copy, low], 1)
+            kept = (version, ptr, _sample(source).clone(), copy)
         copies[key] = kept
     return kept[3]
 
