@@ -266,10 +266,6 @@ def convffn_dwconv_gelu(h: Tensor, in_bias: Optional[Tensor], weight: Tensor,
     return cpu_scan.ops().convffn_dwconv_gelu(h, in_bias, weight, bias)
 
 
-__all__ = ['fast_path_eligible', 'why_not_fast_path', 'is_available', 'unavailable_reason',
-           'bf16_instructions', 'bf16_weight', 'ms2d_branch', 'convffn_dwconv_gelu', 'ENV_FUSED']
-
-
 def residual_layer_norm(x: Tensor, y: Optional[Tensor], norm: Optional[Tuple[Tensor, Tensor]],
                         eps: float = 1e-5, twice: bool = False
                         ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
@@ -299,3 +295,8 @@ def scale_channels_(y: Tensor, scale: Tensor) -> Tensor:
     scale (squeeze-excite under bf16 autocast): each product rounded to bf16 once, without
     ATen's float32 copies of both tensors around a mixed-dtype multiply."""
     return cpu_scan.ops().scale_channels_(y, scale)
+
+
+__all__ = ['fast_path_eligible', 'why_not_fast_path', 'is_available', 'unavailable_reason',
+           'bf16_instructions', 'bf16_weight', 'ms2d_branch', 'convffn_dwconv_gelu',
+           'residual_layer_norm', 'scale_channels_', 'ENV_FUSED']

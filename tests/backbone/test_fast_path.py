@@ -226,6 +226,27 @@ def test_bf16_autocast_fused_matches_plain_bf16(cfg, monkeypatch):
         assert torch.equal(module(x), module(x.float())) and len(calls) == 4
 
 
+@pytest.mark.parametrize('cfg', [MASTER, V3], ids=['master', 'v3'])
+def test_bf16_scan_half_multiplies_the_split_weight(cfg, monkeypatch):
+    """Under bf16 autocast the scan half of in_proj multiplies with its weight split into
+    bf16 high and low parts: the branch input it hands to ms2d_branch is the exact product
+    of the bf16 input, rounded to bf16, for 99.8% of the elements (measured); with the
+    weight only rounded to bf16 (or [x, 0] in place of [x, x]) 57% agree."""
+    monkeypatch.setattr(cpu_fused, 'bf16_instructions', lambda: True)
+    torch.manual_seed(0)
+    module = randomised(MultiScaleSS2D(32, **cfg))
+    x = torch.randn(2, 14, 14, 32).bfloat16()
+    inputs, op = [], cpu_fused.ms2d_branch
+    monkeypatch.setattr(cpu_fused, 'ms2d_branch',
+                        lambda *a, **k: inputs.append(a[0]) or op(*a, **k))
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        module(x)
+    weight = module.in_proj.weight[:module.inner_channels].detach().double()
+    exact = (x.double() @ weight.T).float().bfloat16()
+    assert inputs[0].dtype == torch.bfloat16
+    assert (inputs[0] == exact).float().mean() >= 0.98
+
+
 def test_bf16_autocast_follows_weight_updates(monkeypatch):
     """The fused path under autocast multiplies with kept bf16 copies of its weights: a
     module whose weights are then replaced through ``.data`` (as mmengine's EMA swap does)
