@@ -620,10 +620,12 @@ class MSVMambaStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Returns (stage output before downsampling, downsampled map)."""
-        if torch.is_autocast_enabled(x.device.type) and x.dtype in (torch.bfloat16,
-                                                                    torch.float16):
-            # The residual stream stays float32 under autocast (the stem and the downsample
-            # end in bf16 products); a bf16 stream rounds at every block's add.
+        if x.device.type == 'cpu' and torch.is_autocast_enabled('cpu') and \
+                x.dtype == torch.bfloat16:
+            # The residual stream stays float32 under CPU autocast: CPU autocast runs
+            # LayerNorm in its input's dtype, so the stem's and the downsampling's bf16
+            # outputs would make the whole stream bf16, rounded at every block's add. (CUDA
+            # autocast is left as it was: not measured there.)
             x = x.float()
         pending = None  # a bf16 fast-path block's last branch output, not yet added to x
         for block in self.blocks:
