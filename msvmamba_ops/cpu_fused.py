@@ -87,8 +87,8 @@ def bf16_instructions() -> bool:
     return bool(caps.get('avx512_bf16') or caps.get('amx_bf16'))
 
 
-# bf16 copies of float32 weights for the fast path under autocast: parameter -> {rows:
-# (version, data pointer, float32 sample, copy)}. Weak keys by identity: a copy lives only
+# bf16 copies of float32 weights for the fast path under autocast: parameter -> {(rows,
+# split): (version, data pointer, float32 sample, copy)}. Weak keys by identity: a copy lives only
 # as long as its parameter.
 _bf16_copies = WeakIdKeyDictionary()
 _SAMPLED = 16  # elements compared at each use (see bf16_weight)

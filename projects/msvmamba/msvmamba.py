@@ -479,8 +479,8 @@ class MultiScaleSS2D(nn.Module):
             # The scan half of in_proj drives the scan (the decays exp(delta * A)). Rounding
             # its weight to bf16 moves the seeded models' logits most (a fixed perturbation
             # that every token sees; rounding the input is noise that averages out), so it
-            # multiplies [x, x] with the weight split into bf16 high and low parts: bf16
-            # products at twice the inner dimension, the weight exact to ~16 bits
+            # multiplies [x, x] with the weight split into bf16 high and low parts: a bf16
+            # product over twice the input width, the weight exact to ~16 bits
             # (docs/benchmarks.md has the error split by layer).
             x = x.to(torch.bfloat16)
             if x_twice is None:
@@ -513,7 +513,7 @@ class MultiScaleSS2D(nn.Module):
             post_norm=None if per_branch else norm, z=z, pool=self.se is not None,
             bf16_out=autocast)
         if self.se is None:
-            return F.linear(y, out_weight).view(batch, H, W, -1)
+            return F.linear(y, out_weight).view(batch, H, W, self.out_proj.out_features)
         # Squeeze-excite scales the E input channels of out_proj per image: scale whichever
         # is smaller, y (B, H*W, E) or a per-image copy of the weight (B, C, E). Under
         # autocast the scale stays float32: its two small products cost nothing, and
@@ -524,12 +524,12 @@ class MultiScaleSS2D(nn.Module):
         weight = self.out_proj.weight
         if weight.shape[0] < H * W:
             weight = weight[None] * scale[:, None, :]
-            return torch.bmm(y, weight.transpose(1, 2)).view(batch, H, W, -1)
+            return torch.bmm(y, weight.transpose(1, 2)).view(batch, H, W, self.out_proj.out_features)
         if y.dtype == torch.bfloat16:
             y = cpu_fused.scale_channels_(y, scale)
         else:
             y = y.mul_(scale[:, None, :])
-        return F.linear(y, out_weight).view(batch, H, W, -1)
+        return F.linear(y, out_weight).view(batch, H, W, self.out_proj.out_features)
 
 
 class VSSBlock(nn.Module):
@@ -569,7 +569,7 @@ class VSSBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.bf16_fast_path_eligible(x):
             x, y = self.bf16_fused_forward(x)
-            return x + y
+            return cpu_fused.residual_layer_norm(x, y, None)[0]  # x + y in one pass
         x = x + self.drop_path(self.op(self.norm(x)))
         if self.ffn_pre_norm:
             return x + self.drop_path(self.convFFN(self.norm2(x)))
@@ -578,10 +578,12 @@ class VSSBlock(nn.Module):
     def bf16_fast_path_eligible(self, x: torch.Tensor) -> bool:
         """Whether :meth:`bf16_fused_forward` may run on ``x``: CPU inference under bf16
         autocast where the fused ops serve (``cpu_fused.why_not_fast_path``), on the float32
-        stream that :class:`MSVMambaStage` keeps."""
+        stream that :class:`MSVMambaStage` keeps, and no forward hook on the block or the
+        modules it runs without calling them (its norms and token mixer) would be skipped."""
         return torch.is_autocast_enabled('cpu') and cpu_fused.fast_path_eligible(
             self, x, supported=len(self.op.full_directions) == 1 and
-            x.dtype == torch.float32 and x.is_contiguous())
+            x.dtype == torch.float32 and x.is_contiguous() and
+            not _has_forward_hooks(self, self.norm, self.op, self.norm2))
 
     def bf16_fused_forward(self, x: torch.Tensor, pending: Optional[torch.Tensor] = None
                            ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -590,8 +592,10 @@ class VSSBlock(nn.Module):
         left for the next block's first norm to add (``pending``), as the other adds and
         the LayerNorms before bf16 products are: fused
         :func:`~msvmamba_ops.cpu_fused.residual_layer_norm` passes (add, norm and bf16
-        rounding in one; ATen runs three), the norm before the token mixer also written
-        twice along each row for its split-weight product."""
+        rounding in one; ATen runs three; the add alone for v3's post-norm block), the norm
+        before the token mixer also written twice along each row for its split-weight
+        product. Forward hooks of the norms and the token mixer do not run here (see
+        :meth:`bf16_fast_path_eligible`)."""
         x, h, twice = cpu_fused.residual_layer_norm(
             x, pending, (self.norm.weight, self.norm.bias), self.norm.eps, twice=True)
         y = self.op._fused_forward(h, x_twice=twice)
@@ -599,8 +603,16 @@ class VSSBlock(nn.Module):
             x, h, _ = cpu_fused.residual_layer_norm(
                 x, y, (self.norm2.weight, self.norm2.bias), self.norm2.eps)
             return x, self.convFFN(h)
-        x = x + y
+        x = cpu_fused.residual_layer_norm(x, y, None)[0]  # the add only
         return x, self.norm2(self.convFFN(x))
+
+
+def _has_forward_hooks(*modules: nn.Module) -> bool:
+    """Whether a forward (pre-)hook would see any of ``modules`` called, globally or on one
+    of them."""
+    from torch.nn.modules import module as module_hooks
+    return bool(module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks
+                or any(m._forward_hooks or m._forward_pre_hooks for m in modules))
 
 
 class MSVMambaStage(nn.Module):

@@ -7,19 +7,21 @@
 //                              w and b only the add
 //
 // returning s (float32; empty without y), n (bf16; empty without w) and, with `twice`, also
-// the rows [n, n] (bf16, (..., 2C); else empty).
+// the rows [n, n] (bf16, (..., 2C); else empty). Under autocast the stream stays float32
+// (adding bf16 branch outputs to a bf16 stream rounds the stream at every block), while the
+// products after the norm take bf16: ATen would run the add, the LayerNorm and a cast to
+// bf16 as three passes over the map. [n, n] is the input of a product on a weight split
+// into bf16 high and low parts ([n, n] @ [W_hi, W_lo]^T = n @ W with the weight exact to
+// about 16 bits); n itself feeds the ordinary bf16 products (a strided view of [n, n] would
+// be copied first). Exposed as msvmamba_cpu::residual_layer_norm.
 //
 // And the squeeze-excite scaling of a bf16 map, in place: y[b, p, e] *= scale[b, e], the
 // product of the float32 scale and the widened y rounded once (ATen's in-place multiply of
-// a bf16 tensor by a float32 one converts both whole tensors around it), as
-// msvmamba_cpu::scale_channels_. Under autocast the stream stays
-// float32 (adding bf16 branch outputs to a bf16 stream rounds the stream at every block),
-// while the products after the norm take bf16: ATen would run the add, the LayerNorm and a
-// cast to bf16 as three passes over the map. [n, n] is the input of a product on a weight
-// split into bf16 high and low parts ([n, n] @ [W_hi, W_lo]^T = n @ W to about 16 bits); n
-// itself feeds the ordinary bf16 products (a strided view of [n, n] would be copied first).
-// Exposed as msvmamba_cpu::residual_layer_norm; msvmamba_ops/cpu_fused.py documents it and
-// tests/ops/test_cpu_fused.py checks it against the ATen ops.
+// a bf16 tensor by a float32 one converts both whole tensors around it), exposed as
+// msvmamba_cpu::scale_channels_.
+//
+// msvmamba_ops/cpu_fused.py documents both; tests/ops/test_cpu_fused.py checks them against
+// the ATen ops.
 #include "cpu_common.h"
 
 namespace msv {
