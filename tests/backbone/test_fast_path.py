@@ -402,3 +402,16 @@ def test_bf16_block_and_patch_merging_called_alone(cfg, monkeypatch):
     assert fused_merge.shape == plain_merge.shape == (2, 4, 5, 64)
     assert rel_err(fused_block, plain_block.float()) <= 1.5e-2
     assert rel_err(fused_merge, plain_merge.float()) <= 1.5e-2
+
+
+@pytest.mark.parametrize('amp', [False, True], ids=['float32', 'bf16'])
+def test_fast_path_takes_an_empty_batch(amp, monkeypatch):
+    """Batch 0 through the fused path, squeeze-excite included (its output view failed
+    with 'cannot reshape tensor of 0 elements' before 27e4227)."""
+    monkeypatch.setattr(cpu_fused, 'bf16_instructions', lambda: True)
+    model = MSVMamba(SMALL_BACKBONES[0], out_indices=(0, 1, 2, 3)).eval()
+    calls = spy(monkeypatch, 'ms2d_branch')
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16, enabled=amp):
+        outs = model(torch.randn(0, 3, 64, 64))
+    assert calls and [tuple(o.shape) for o in outs] == [
+        (0, 32, 16, 16), (0, 64, 8, 8), (0, 128, 4, 4), (0, 256, 2, 2)]
