@@ -39,8 +39,9 @@ ConvFFN op's input and output), widening and rounding as the data streams throug
 than in cast passes of their own. Their math stays float32 (the scan's state, decays and
 sums, the norms), and so does the residual stream between the blocks. The scan half of
 in_proj, whose output drives the scan, multiplies the rows ``[x, x]`` with its weight split
-into bf16 high and low parts (``bf16_weight(..., split=True)``): bf16 speed, the weight
-exact to about 16 bits, since a rounded weight is the same error on every token.
+into bf16 high and low parts (``bf16_weight(..., split=True)``): bf16 speed where oneDNN
+multiplies on AMX (:func:`amx_bf16_products`), the weight exact to about 16 bits, since a
+rounded weight is the same error on every token (without AMX a float32 product).
 ``VSSBlock.bf16_fused_forward`` and ``MSVMambaStage`` put these together. Float16 autocast,
 or bf16 on a CPU that would emulate it, keeps the plain modules.
 """
@@ -85,6 +86,17 @@ def bf16_instructions() -> bool:
     bf16 matmuls beat float32 ones; elsewhere it emulates bf16 and runs slower than float32."""
     caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, 'get_capabilities') else {}
     return bool(caps.get('avx512_bf16') or caps.get('amx_bf16'))
+
+
+def amx_bf16_products() -> bool:
+    """Whether oneDNN's bf16 matmuls run on AMX here: the CPU has AMX-bf16 and
+    ``ONEDNN_MAX_CPU_ISA``, if set, does not cap oneDNN below it. There a bf16 product is
+    several times faster than a float32 one (Tiny's stage-1 in_proj shape: 0.76 against
+    7.0 ms on the 2-vCPU Xeon), so one twice as deep still wins; with avx512_bf16 alone the
+    same Xeon (AMX capped off) took 8.3 against 8.8 ms."""
+    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, 'get_capabilities') else {}
+    cap = os.environ.get('ONEDNN_MAX_CPU_ISA', '').upper()
+    return bool(caps.get('amx_bf16')) and (cap in ('', 'ALL', 'DEFAULT') or 'AMX' in cap)
 
 
 # bf16 copies of float32 weights for the fast path under autocast: parameter -> {(rows,
@@ -298,5 +310,6 @@ def scale_channels_(y: Tensor, scale: Tensor) -> Tensor:
 
 
 __all__ = ['fast_path_eligible', 'why_not_fast_path', 'is_available', 'unavailable_reason',
-           'bf16_instructions', 'bf16_weight', 'ms2d_branch', 'convffn_dwconv_gelu',
+           'bf16_instructions', 'amx_bf16_products', 'bf16_weight', 'ms2d_branch',
+           'convffn_dwconv_gelu',
            'residual_layer_norm', 'scale_channels_', 'ENV_FUSED']

@@ -481,12 +481,18 @@ class MultiScaleSS2D(nn.Module):
             # that every token sees; rounding the input is noise that averages out), so it
             # multiplies [x, x] with the weight split into bf16 high and low parts: a bf16
             # product over twice the input width, the weight exact to ~16 bits
-            # (docs/benchmarks.md has the error split by layer).
+            # (docs/benchmarks.md has the error split by layer). That pays only where bf16
+            # products are several times faster than float32 ones (AMX); elsewhere the
+            # product is float32 on the bf16-rounded input.
             x = x.to(torch.bfloat16)
-            if x_twice is None:
-                x_twice = torch.cat([x, x], -1)
-            x_in = F.linear(x_twice, cpu_fused.bf16_weight(self.in_proj.weight, (0, inner),
-                                                           split=True))
+            if cpu_fused.amx_bf16_products():
+                if x_twice is None:
+                    x_twice = torch.cat([x, x], -1)
+                x_in = F.linear(x_twice, cpu_fused.bf16_weight(
+                    self.in_proj.weight, (0, inner), split=True))
+            else:
+                with torch.autocast('cpu', enabled=False):
+                    x_in = F.linear(x.float(), self.in_proj.weight[:inner])
             gate_weight = cpu_fused.bf16_weight(self.in_proj.weight, (inner, 2 * inner))
             out_weight = cpu_fused.bf16_weight(out_weight)
         else:
@@ -597,7 +603,8 @@ class VSSBlock(nn.Module):
         product. Forward hooks of the norms and the token mixer do not run here (see
         :meth:`bf16_fast_path_eligible`)."""
         x, h, twice = cpu_fused.residual_layer_norm(
-            x, pending, (self.norm.weight, self.norm.bias), self.norm.eps, twice=True)
+            x, pending, (self.norm.weight, self.norm.bias), self.norm.eps,
+            twice=cpu_fused.amx_bf16_products())
         y = self.op._fused_forward(h, x_twice=twice)
         if self.ffn_pre_norm:
             x, h, _ = cpu_fused.residual_layer_norm(

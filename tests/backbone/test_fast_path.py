@@ -3,6 +3,7 @@
 and when the modules take it. The ops themselves: tests/ops/test_cpu_fused.py."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from msvmamba_ops import cpu_fused
 from projects.msvmamba.msvmamba import ConvFFN, MSVMamba, MultiScaleSS2D, PatchMerging2D
@@ -233,6 +234,7 @@ def test_bf16_scan_half_multiplies_the_split_weight(cfg, monkeypatch):
     of the bf16 input, rounded to bf16, for 99.8% of the elements (measured); with the
     weight only rounded to bf16 (or [x, 0] in place of [x, x]) 57% agree."""
     monkeypatch.setattr(cpu_fused, 'bf16_instructions', lambda: True)
+    monkeypatch.setattr(cpu_fused, 'amx_bf16_products', lambda: True)  # on any CPU
     torch.manual_seed(0)
     module = randomised(MultiScaleSS2D(32, **cfg))
     x = torch.randn(2, 14, 14, 32).bfloat16()
@@ -245,6 +247,28 @@ def test_bf16_scan_half_multiplies_the_split_weight(cfg, monkeypatch):
     exact = (x.double() @ weight.T).float().bfloat16()
     assert inputs[0].dtype == torch.bfloat16
     assert (inputs[0] == exact).float().mean() >= 0.98
+    # without AMX (bf16 products about as fast as float32 ones) a float32 product instead
+    monkeypatch.setattr(cpu_fused, 'amx_bf16_products', lambda: False)
+    inputs.clear()
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        module(x)
+    assert torch.equal(inputs[0], F.linear(x.float(), module.in_proj.weight[:module.inner_channels]))
+
+
+def test_amx_bf16_products_follows_the_cpu_and_onednn_cap(monkeypatch):
+    """The split product needs AMX: present in the CPU's capabilities, and not capped off by
+    ONEDNN_MAX_CPU_ISA (which oneDNN obeys)."""
+    for caps, cap, want in [({'amx_bf16': True}, None, True),
+                            ({'amx_bf16': True}, 'AVX512_CORE_AMX', True),
+                            ({'amx_bf16': True}, 'all', True),
+                            ({'amx_bf16': True}, 'AVX512_CORE_BF16', False),
+                            ({'avx512_bf16': True}, None, False)]:
+        monkeypatch.setattr(torch.cpu, 'get_capabilities', lambda caps=caps: caps)
+        if cap is None:
+            monkeypatch.delenv('ONEDNN_MAX_CPU_ISA', raising=False)
+        else:
+            monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', cap)
+        assert cpu_fused.amx_bf16_products() is want, (caps, cap)
 
 
 def test_bf16_autocast_follows_weight_updates(monkeypatch):
