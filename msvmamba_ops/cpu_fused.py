@@ -100,8 +100,8 @@ def amx_bf16_products() -> bool:
 
 
 # bf16 copies of float32 weights for the fast path under autocast: parameter -> {(rows,
-# split): (version, data pointer, float32 sample, copy)}. Weak keys by identity: a copy lives only
-# as long as its parameter.
+# split): (version, data pointer, float32 sample, copy)}. Weak keys by identity: a copy
+# lives only as long as its parameter.
 _bf16_copies = WeakIdKeyDictionary()
 _SAMPLED = 16  # elements compared at each use (see bf16_weight)
 
@@ -311,5 +311,4 @@ def scale_channels_(y: Tensor, scale: Tensor) -> Tensor:
 
 __all__ = ['fast_path_eligible', 'why_not_fast_path', 'is_available', 'unavailable_reason',
            'bf16_instructions', 'amx_bf16_products', 'bf16_weight', 'ms2d_branch',
-           'convffn_dwconv_gelu',
-           'residual_layer_norm', 'scale_channels_', 'ENV_FUSED']
+           'convffn_dwconv_gelu', 'residual_layer_norm', 'scale_channels_', 'ENV_FUSED']

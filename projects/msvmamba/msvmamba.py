@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
+from torch.nn.modules import module as module_hooks
 
 from msvmamba_ops import cpu_fused, selective_scan
 from msvmamba_ops.graph_mode import exporting
@@ -518,8 +519,9 @@ class MultiScaleSS2D(nn.Module):
             low=y_low.view(batch, h, w, inner), nearest=self.upsample_mode == 'nearest',
             post_norm=None if per_branch else norm, z=z, pool=self.se is not None,
             bf16_out=autocast)
+        out_shape = (batch, H, W, self.out_proj.out_features)  # (no -1: batch may be 0)
         if self.se is None:
-            return F.linear(y, out_weight).view(batch, H, W, self.out_proj.out_features)
+            return F.linear(y, out_weight).view(out_shape)
         # Squeeze-excite scales the E input channels of out_proj per image: scale whichever
         # is smaller, y (B, H*W, E) or a per-image copy of the weight (B, C, E). Under
         # autocast the scale stays float32: its two small products cost nothing, and
@@ -530,12 +532,12 @@ class MultiScaleSS2D(nn.Module):
         weight = self.out_proj.weight
         if weight.shape[0] < H * W:
             weight = weight[None] * scale[:, None, :]
-            return torch.bmm(y, weight.transpose(1, 2)).view(batch, H, W, self.out_proj.out_features)
+            return torch.bmm(y, weight.transpose(1, 2)).view(out_shape)
         if y.dtype == torch.bfloat16:
             y = cpu_fused.scale_channels_(y, scale)
         else:
             y = y.mul_(scale[:, None, :])
-        return F.linear(y, out_weight).view(batch, H, W, self.out_proj.out_features)
+        return F.linear(y, out_weight).view(out_shape)
 
 
 class VSSBlock(nn.Module):
@@ -617,7 +619,6 @@ class VSSBlock(nn.Module):
 def _has_forward_hooks(*modules: nn.Module) -> bool:
     """Whether a forward (pre-)hook would see any of ``modules`` called, globally or on one
     of them."""
-    from torch.nn.modules import module as module_hooks
     return bool(module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks
                 or any(m._forward_hooks or m._forward_pre_hooks for m in modules))
 

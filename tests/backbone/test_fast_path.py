@@ -252,7 +252,8 @@ def test_bf16_scan_half_multiplies_the_split_weight(cfg, monkeypatch):
     inputs.clear()
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
         module(x)
-    assert torch.equal(inputs[0], F.linear(x.float(), module.in_proj.weight[:module.inner_channels]))
+    scan_weight = module.in_proj.weight[:module.inner_channels]
+    assert torch.equal(inputs[0], F.linear(x.float(), scan_weight))
 
 
 def test_amx_bf16_products_follows_the_cpu_and_onednn_cap(monkeypatch):

@@ -45,9 +45,6 @@ MSV_INLINE float erf_(float x) {
 
 MSV_INLINE float gelu_(float x) { return 0.5f * x * (1.f + erf_(x * 0.70710678118654752f)); }
 
-MSV_INLINE float widen(float v) { return v; }
-MSV_INLINE float widen(bf16_bits v) { return bf16_to_float(v); }
-
 template <typename T, typename Next>
 MSV_INLINE void convffn_rows(const ConvFfnArgs<T>& a, const Next& next) {
   const int64_t H = a.H, W = a.W, F = a.F, FP = a.FP, k = a.k, r = k / 2;
@@ -60,7 +57,7 @@ MSV_INLINE void convffn_rows(const ConvFfnArgs<T>& a, const Next& next) {
       const T* __restrict hc = hb + (i * W + j) * F;
       float* __restrict sj = s + j * FP;
 #pragma omp simd
-      for (int64_t f = 0; f < F; ++f) sj[f] = widen(hc[f]) + a.in_bias[f] + a.bias[f];
+      for (int64_t f = 0; f < F; ++f) sj[f] = loadv<float>(hc + f) + a.in_bias[f] + a.bias[f];
     }
     dwconv_row(hb, H, W, F, i - r, -r, 1, k, a.w, FP, a.in_bias, W, s, FP);
     for (int64_t j = 0; j < W; ++j) {

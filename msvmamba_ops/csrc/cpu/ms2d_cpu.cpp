@@ -1,5 +1,6 @@
 // Fused inference pass of one MultiScaleSS2D branch (projects/msvmamba), float32, CPU (the
-// full-resolution branch may read a bf16 gate and write bf16, see below).
+// input may be bf16, and the full-resolution branch may read a bf16 gate and write bf16,
+// see below).
 //
 // The autograd path of the backbone runs a branch as separate ops: a depthwise conv, SiLU, a
 // copy of the token-major map into channel-major (E, L) sequences (a gather for the
@@ -29,9 +30,9 @@
 //   y *= SiLU(z[tok])                    output gate, optional
 //   out[tok] = y                         float32, or rounded to bf16 (bf16_out)
 //
-// Under bf16 autocast the gate z (in_proj's second half) and out_proj run in bf16: the
-// epilogue widens z and rounds the output as it goes, rather than two cast passes over the
-// (B, H*W, E) maps; the scan, the norms and the sums stay float32.
+// Under bf16 autocast in_proj and out_proj run in bf16: the depthwise conv widens the bf16
+// input x, the epilogue widens the gate z and rounds the output as it goes, rather than
+// cast passes over the maps; the scan, the norms and the sums stay float32.
 //
 // Tasks are batch items (one scan per item; the state lives in registers/L1). A branch with
 // several directions first computes its whole activated map (per thread, L2-sized), the
